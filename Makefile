@@ -1,0 +1,30 @@
+# Each target is idempotent on a fresh machine: it installs what is missing, then runs.
+#   make demo   the main job: the whole RLHF pipeline on the embedded default task
+#   make test   every test: C++ kernels (ASan/UBSan, ctest), then pytest over every usable backend
+#   make bench  the benchmarks against eager PyTorch (tables, JSON and plots in bench/results/)
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+JOBS ?= 2
+
+.PHONY: install test test-cpp test-python demo bench
+
+install:
+	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install torch==2.13.0
+	$(PIP) install --quiet "setuptools>=69" wheel ninja
+	MAX_JOBS=$(JOBS) $(PIP) install --quiet --no-build-isolation -e ".[dev]"
+
+test-cpp:
+	cmake -S . -B build/cmake -DFASTRLHF_SANITIZE=ON
+	cmake --build build/cmake -j $(JOBS)
+	ctest --test-dir build/cmake --output-on-failure
+
+test-python: install
+	$(PYTHON) -m pytest tests
+
+test: test-cpp test-python
+
+demo: install
+	$(PYTHON) -m fastrlhf demo
+
+bench: install
+	$(PYTHON) -m fastrlhf bench

@@ -1,0 +1,22 @@
+"""Tolerances and comparisons shared by the op tests."""
+import torch
+
+# Per-element precision of each dtype (half a unit in the last place is the rounding error).
+EPS = {torch.float32: 2.0**-23, torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
+
+
+def assert_close(actual, expected, *, atol, rtol=0.0, what=""):
+    """Compare in float64; no nan or inf unless expected has it at the same place."""
+    torch.testing.assert_close(actual.detach().double().cpu(), expected.detach().double().cpu(), atol=atol,
+                               rtol=rtol, equal_nan=True, msg=lambda m: f"{what}: {m}")
+
+
+def assert_grad_close(actual, expected, dtype, what="grad"):
+    """A gradient stored in `dtype`: within a few units of rounding of the largest entry."""
+    scale = expected.abs().max().item() + 1e-30
+    assert_close(actual, expected, atol=4 * max(EPS[dtype], 1e-6) * scale, what=what)
+
+
+def leaf(x, device, dtype=None):
+    """x as a new leaf tensor on device (in dtype) that requires grad."""
+    return x.to(device=device, dtype=dtype or x.dtype).detach().requires_grad_()
