@@ -2,5 +2,6 @@
 from ._backend import BACKENDS, available_backends, backend_name, set_backend
 from .token_logprobs import token_logprobs
 from .kl_penalty import kl_penalty
+from .gae import gae
 
-__all__ = ["BACKENDS", "available_backends", "backend_name", "set_backend", "token_logprobs", "kl_penalty"]
+__all__ = ["BACKENDS", "available_backends", "backend_name", "set_backend", "token_logprobs", "kl_penalty", "gae"]
