@@ -8,3 +8,4 @@ dim), masks as bool, options as plain numbers. Per-token results are float32.
 from .token_logprobs import token_logprobs_backward, token_logprobs_forward
 from .kl_penalty import kl_penalty_backward, kl_penalty_forward
 from .gae import gae
+from .kl_shaped_rewards import kl_shaped_rewards

@@ -5,6 +5,7 @@ namespace fastrlhf {
 void bind_token_logprobs(pybind11::module_& m);
 void bind_kl_penalty(pybind11::module_& m);
 void bind_gae(pybind11::module_& m);
+void bind_kl_shaped_rewards(pybind11::module_& m);
 }  // namespace fastrlhf
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -12,4 +13,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   fastrlhf::bind_token_logprobs(m);
   fastrlhf::bind_kl_penalty(m);
   fastrlhf::bind_gae(m);
+  fastrlhf::bind_kl_shaped_rewards(m);
 }
