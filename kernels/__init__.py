@@ -6,3 +6,6 @@ contiguous tensors of the caller's float dtype (logits: a [B, T, V] view with a 
 dim), masks as bool, options as plain numbers. Per-token results are float32.
 """
 from .token_logprobs import token_logprobs_backward, token_logprobs_forward
+from .kl_penalty import kl_penalty_backward, kl_penalty_forward
+from .gae import gae
+from .kl_shaped_rewards import kl_shaped_rewards

@@ -3,9 +3,15 @@
 
 namespace fastrlhf {
 void bind_token_logprobs(pybind11::module_& m);
+void bind_kl_penalty(pybind11::module_& m);
+void bind_gae(pybind11::module_& m);
+void bind_kl_shaped_rewards(pybind11::module_& m);
 }  // namespace fastrlhf
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fastrlhf CPU kernels; see fastrlhf/ops/_reference_backend.py for the contract";
   fastrlhf::bind_token_logprobs(m);
+  fastrlhf::bind_kl_penalty(m);
+  fastrlhf::bind_gae(m);
+  fastrlhf::bind_kl_shaped_rewards(m);
 }
