@@ -3,9 +3,15 @@
 
 namespace fastrlhf {
 void bind_token_logprobs(pybind11::module_& m);
+void bind_masked_reduction(pybind11::module_& m);
+void bind_masked_mean(pybind11::module_& m);
+void bind_masked_whiten(pybind11::module_& m);
 }  // namespace fastrlhf
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fastrlhf CPU kernels; see fastrlhf/ops/_reference_backend.py for the contract";
   fastrlhf::bind_token_logprobs(m);
+  fastrlhf::bind_masked_reduction(m);
+  fastrlhf::bind_masked_mean(m);
+  fastrlhf::bind_masked_whiten(m);
 }
