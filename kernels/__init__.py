@@ -9,3 +9,5 @@ from .token_logprobs import token_logprobs_backward, token_logprobs_forward
 from ._masked_reduction import ppo_loss_backward
 from .masked_mean import masked_mean_backward, masked_mean_forward
 from .masked_whiten import masked_whiten
+from .ppo_policy_loss import ppo_policy_loss_forward
+from .ppo_value_loss import ppo_value_loss_forward
