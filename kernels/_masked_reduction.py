@@ -46,7 +46,7 @@ def _combine(n, mean, m2):
     """The moments of the union of a vector of disjoint sets (n, mean, M2 each)."""
     count = tl.sum(n, axis=0)
     center = tl.sum(n * mean, axis=0) / tl.maximum(count, 1.0)
-    deviation = tl.where(n > 0, mean - center, 0.0)
+    deviation = mean - center  # empty sets carry mean 0: finite, and weighted by n = 0
     return count, center, tl.sum(m2 + n * deviation * deviation, axis=0)
 
 
@@ -97,14 +97,16 @@ def _moments_kernel(x_ptr, mask_ptr, partials_ptr, N, BLOCK: tl.constexpr):
 
 
 def moments_partials(x, mask):
-    """(partials [3, P], P): for inputs too big for one program, launches the per-program moments
-    (1 launch); else launches nothing and P = 0 (the caller's single program reads x itself)."""
+    """(partials [3, P], P, config): for inputs too big for one program, launches the per-program
+    moments (1 launch); else launches nothing and P = 0 (the caller's single program reads x itself).
+    config: the block sizes and num_warps for the caller's kernel (BLOCK, PARTIALS_BLOCK)."""
+    config = dict(BLOCK=MOMENTS_BLOCK, PARTIALS_BLOCK=PARTIALS_BLOCK, num_warps=num_warps(MOMENTS_BLOCK))
     programs = num_programs(triton.cdiv(x.numel(), MOMENTS_BLOCK), x.numel())
     partials = torch.empty((3, programs), device=x.device, dtype=torch.float32)
     if programs == 1:
-        return partials, 0
-    _moments_kernel[(programs,)](x, mask, partials, x.numel(), BLOCK=MOMENTS_BLOCK, num_warps=num_warps(MOMENTS_BLOCK))
-    return partials, programs
+        return partials, 0, config
+    _moments_kernel[(programs,)](x, mask, partials, x.numel(), BLOCK=MOMENTS_BLOCK, num_warps=config["num_warps"])
+    return partials, programs, config
 
 
 # ---- PPO losses ----------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._masked_reduction import MAX_PROGRAMS, MOMENTS_BLOCK, PARTIALS_BLOCK, masked_moments, merge_partials, moments_partials, num_warps
+from ._masked_reduction import MAX_PROGRAMS, masked_moments, merge_partials, moments_partials
 
 _TILE = 2048
 
@@ -68,9 +68,8 @@ def masked_mean_forward(x, mask):
     mean = torch.empty((outer, inner), device=x.device, dtype=torch.float32)
     inv_count = torch.empty_like(mean)
     if outer * inner == 1:
-        partials, P = moments_partials(x, mask)
-        _mean_all_kernel[(1,)](x, mask, partials, mean, inv_count, x.numel(), P, FROM_PARTIALS=P > 0,
-                               BLOCK=MOMENTS_BLOCK, PARTIALS_BLOCK=PARTIALS_BLOCK, num_warps=num_warps(MOMENTS_BLOCK))
+        partials, P, config = moments_partials(x, mask)
+        _mean_all_kernel[(1,)](x, mask, partials, mean, inv_count, x.numel(), P, FROM_PARTIALS=P > 0, **config)
     else:
         block_d, block_i = _tile(D, inner)
         _mean_lines_kernel[(outer, triton.cdiv(inner, block_i))](x, mask, mean, inv_count, D, inner,

@@ -9,7 +9,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._masked_reduction import MOMENTS_BLOCK, PARTIALS_BLOCK, masked_moments, merge_partials, moments_partials, num_warps
+from ._masked_reduction import masked_moments, merge_partials, moments_partials
 
 
 @triton.jit
@@ -33,8 +33,7 @@ def _whiten_kernel(x_ptr, mask_ptr, partials_ptr, y_ptr, N, P, eps, SHIFT_MEAN: 
 def masked_whiten(x, mask, shift_mean, unbiased, eps):
     """x [N] (float dtype), mask bool [N] -> y float32 [N]."""
     y = torch.empty(x.shape, device=x.device, dtype=torch.float32)
-    partials, P = moments_partials(x, mask)
+    partials, P, config = moments_partials(x, mask)
     _whiten_kernel[(max(P, 1),)](x, mask, partials, y, x.numel(), P, eps, SHIFT_MEAN=shift_mean, UNBIASED=unbiased,
-                                 FROM_PARTIALS=P > 0, BLOCK=MOMENTS_BLOCK, PARTIALS_BLOCK=PARTIALS_BLOCK,
-                                 num_warps=num_warps(MOMENTS_BLOCK))
+                                 FROM_PARTIALS=P > 0, **config)
     return y

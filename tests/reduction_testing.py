@@ -52,7 +52,10 @@ def check_loss(backend, op, inputs, mask, dtype=torch.float32, **options):
 
 @pytest.fixture
 def many_programs(backend, monkeypatch):
-    """Triton: the partials path (many programs, then the finalize) even for small test inputs."""
+    """Triton: the partials path (many programs, then the finalize) even for small test inputs, with
+    tiny blocks so that programs stride over several blocks and merge several steps of partials."""
     monkeypatch.setattr(_masked_reduction, "SINGLE_PROGRAM_MAX", 8)
-    monkeypatch.setattr(_masked_reduction, "MAX_PROGRAMS", 3)  # fewer programs than blocks: they stride
+    monkeypatch.setattr(_masked_reduction, "MAX_PROGRAMS", 3)
+    monkeypatch.setattr(_masked_reduction, "MOMENTS_BLOCK", 16)
+    monkeypatch.setattr(_masked_reduction, "PARTIALS_BLOCK", 2)
     return backend
