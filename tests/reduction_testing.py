@@ -25,12 +25,14 @@ def random_mask(shape, keep=0.7, empty_rows=1):
     return mask
 
 
-def check_loss(backend, op, inputs, mask, dtype=torch.float32, **options):
+def check_loss(backend, op, inputs, mask, dtype=torch.float32, garbage=None, **options):
     """op (a fastrlhf.ops loss) vs its float64 reference on the same stored inputs: loss, stats and the
-    gradient w.r.t. the first input. Returns the op's (loss, stats)."""
+    gradient w.r.t. the first input. With `garbage` (nan, inf), the op's inputs hold it at masked-out
+    tokens and must give the reference's results on the clean inputs. Returns the op's (loss, stats)."""
     stored = [t.to(dtype) for t in inputs]
-    x = leaf(stored[0], backend.device)
-    others = [t.to(backend.device) for t in stored[1:]]
+    given = stored if garbage is None else [t.masked_fill(~mask.bool(), garbage) for t in stored]
+    x = leaf(given[0], backend.device)
+    others = [t.to(backend.device) for t in given[1:]]
     loss, stats = op(x, *others, mask.to(backend.device), **options)
     y = leaf(stored[0], "cpu", torch.float64)
     want_loss, want_stats = getattr(reference, op.__name__)(y, *[t.double() for t in stored[1:]], mask, **options)
@@ -48,6 +50,13 @@ def check_loss(backend, op, inputs, mask, dtype=torch.float32, **options):
     assert_grad_close(x.grad, y.grad, dtype)
     assert not torch.isnan(x.grad).any()
     return loss, stats
+
+
+def check_only_first_input_gets_gradient(backend, op, inputs):
+    tensors = [t.to(backend.device).requires_grad_() for t in inputs]
+    loss, _ = op(*tensors, torch.ones(inputs[0].shape, dtype=torch.bool, device=backend.device))
+    loss.backward()
+    assert tensors[0].grad is not None and all(t.grad is None for t in tensors[1:])
 
 
 @pytest.fixture
