@@ -13,6 +13,12 @@ namespace fastrlhf {
 // in an omp simd reduction into a conditional add, which it does not vectorise; this it does.
 inline float masked(bool keep, float x) { return bits_to_float(float_to_bits(x) & (0u - uint32_t(keep))); }
 
+// By value: std::min / std::max return references, which GCC 12 turns into loads through a selected
+// address inside hot loops, and then does not vectorise them.
+inline float min_of(float a, float b) { return b < a ? b : a; }
+inline float max_of(float a, float b) { return a < b ? b : a; }
+inline float clamp_of(float x, float lo, float hi) { return min_of(max_of(x, lo), hi); }
+
 // count, mean and M2 = sum (x - mean)^2 of a set of elements.
 struct Moments {
   double count = 0, mean = 0, m2 = 0;

@@ -1,7 +1,5 @@
 #include "cpu/ppo_policy_loss.h"
 
-#include <algorithm>
-
 namespace fastrlhf {
 
 template <typename T>
@@ -16,18 +14,19 @@ FASTRLHF_MULTIVERSION void ppo_policy_loss_rows(const T* logprobs, const T* old_
 #pragma omp simd reduction(+ : count, loss_sum, clip_sum, kl_sum, ratio_sum)
     for (int64_t i = first; i < first + tokens; ++i) {
       const float log_ratio = to_float(logprobs[i]) - to_float(old_logprobs[i]), a = to_float(advantages[i]);
-      const float ratio = exp_fast(std::min(std::max(log_ratio, -20.0f), 20.0f));
-      const float unclipped = -a * ratio, clipped = -a * std::min(std::max(ratio, low), high);
-      const float cap = -clip.dual_clip * a;
-      // & rather than &&: no branches, so the loop vectorises without AVX-512 masks too
-      const bool capped = (a < 0.0f) & (std::max(unclipped, clipped) > cap);
-      const bool flows = (unclipped >= clipped) & (std::fabs(log_ratio) <= 20.0f) & !capped;
+      const float ratio = exp_fast(clamp_of(log_ratio, -20.0f, 20.0f));
+      const float unclipped = -a * ratio, clipped = -a * clamp_of(ratio, low, high);
+      const float cap = -clip.dual_clip * a, uncapped = max_of(unclipped, clipped);
+      const bool capped = (a < 0.0f) & (uncapped > cap);
+      // d loss / d logprobs: through the unclipped branch (the clipped one is flat), unless the log-ratio
+      // clamp or the dual clip is active. &, not &&, and the byte mask only inside masked(): no branches
+      const float grad = (unclipped >= clipped) & (std::fabs(log_ratio) <= 20.0f) & !capped ? unclipped : 0.0f;
       // masked(), not products with the mask: garbage at masked-out tokens must not leak in as nan
       const bool m = mask[i];
-      token_grad[i] = masked(m & flows, unclipped);
+      token_grad[i] = masked(m, grad);
       count += masked(m, 1.0f);
-      loss_sum += masked(m, capped ? cap : std::max(unclipped, clipped));
-      clip_sum += masked(m & (clipped > unclipped), 1.0f);
+      loss_sum += masked(m, capped ? cap : uncapped);
+      clip_sum += masked(m, clipped > unclipped ? 1.0f : 0.0f);
       kl_sum += masked(m, 0.5f * log_ratio * log_ratio);
       ratio_sum += masked(m, ratio);
     }

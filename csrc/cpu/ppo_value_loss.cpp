@@ -1,7 +1,5 @@
 #include "cpu/ppo_value_loss.h"
 
-#include <algorithm>
-
 namespace fastrlhf {
 
 template <typename T>
@@ -17,13 +15,13 @@ FASTRLHF_MULTIVERSION void ppo_value_loss_rows(const T* values, const T* old_val
       const float v = to_float(values[i]), old = to_float(old_values[i]), ret = to_float(returns[i]);
       const float delta = v - old;
       // inside the clip range v itself, not old + (v - old), which rounds: the branches then tie exactly
-      const float clipped_v = std::fabs(delta) > clip_eps ? old + std::min(std::max(delta, -clip_eps), clip_eps) : v;
+      const float clipped_v = std::fabs(delta) > clip_eps ? old + clamp_of(delta, -clip_eps, clip_eps) : v;
       const float unclipped = (v - ret) * (v - ret), clipped = (clipped_v - ret) * (clipped_v - ret);
       const bool m = mask[i];
-      token_grad[i] = masked(m & (unclipped >= clipped), v - ret);  // &, not &&: no branch
+      token_grad[i] = masked(m, unclipped >= clipped ? v - ret : 0.0f);  // the byte mask only in masked()
       count += masked(m, 1.0f);
-      loss_sum += masked(m, 0.5f * std::max(unclipped, clipped));
-      clip_sum += masked(m & (clipped > unclipped), 1.0f);
+      loss_sum += masked(m, 0.5f * max_of(unclipped, clipped));
+      clip_sum += masked(m, clipped > unclipped ? 1.0f : 0.0f);
     }
     partials[kCount * rows + r] = count;
     partials[kLoss * rows + r] = loss_sum;
