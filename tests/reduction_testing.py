@@ -52,6 +52,13 @@ def check_loss(backend, op, inputs, mask, dtype=torch.float32, garbage=None, **o
     return loss, stats
 
 
+def opcheck(backend, op, *args):
+    """torch.library.opcheck of a custom op (schema, fake tensor, autograd registration) on this backend."""
+    if backend.name == "reference":
+        pytest.skip("the reference backend calls no custom op")
+    torch.library.opcheck(op, tuple(a.to(backend.device) if isinstance(a, torch.Tensor) else a for a in args))
+
+
 def check_only_first_input_gets_gradient(backend, op, inputs):
     tensors = [t.to(backend.device).requires_grad_() for t in inputs]
     loss, _ = op(*tensors, torch.ones(inputs[0].shape, dtype=torch.bool, device=backend.device))

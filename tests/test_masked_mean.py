@@ -1,9 +1,10 @@
 import pytest
 import torch
 from helpers import assert_close, assert_grad_close, leaf
-from reduction_testing import DTYPES, many_programs  # noqa: F401
+from reduction_testing import DTYPES, many_programs, opcheck  # noqa: F401
 
 from fastrlhf import ops, reference
+from fastrlhf.ops.masked_mean import _forward as masked_mean_op
 
 
 def check_against_reference(backend, x, mask, dim, dtype=torch.float32):
@@ -79,3 +80,8 @@ def test_bad_inputs(backend):
         ops.masked_mean(x.long(), mask)
     with pytest.raises(ValueError, match="x is empty"):
         ops.masked_mean(x[:0], mask[:0])
+
+
+@pytest.mark.parametrize("view", [(1, 60, 1), (3, 4, 5)])
+def test_custom_op_registration(backend, view):
+    opcheck(backend, masked_mean_op, torch.randn(view, requires_grad=True), torch.rand(view) < 0.5)

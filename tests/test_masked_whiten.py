@@ -1,9 +1,10 @@
 import pytest
 import torch
 from helpers import assert_close
-from reduction_testing import DTYPES, many_programs  # noqa: F401
+from reduction_testing import DTYPES, many_programs, opcheck  # noqa: F401
 
 from fastrlhf import ops, reference
+from fastrlhf.ops.masked_whiten import _whiten as masked_whiten_op
 
 
 def check_against_reference(backend, x, mask, dtype=torch.float32, atol=2e-5, **options):
@@ -80,3 +81,7 @@ def test_bad_inputs(backend):
         ops.masked_whiten(x.int(), mask)
     with pytest.raises(TypeError, match="mask must be a torch.Tensor"):
         ops.masked_whiten(x, [[True] * 3] * 2)
+
+
+def test_custom_op_registration(backend):
+    opcheck(backend, masked_whiten_op, torch.randn(40), torch.rand(40) < 0.5, False, True, 1e-6)

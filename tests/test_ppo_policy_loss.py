@@ -6,9 +6,10 @@ from helpers import assert_close
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reduction_testing import (DTYPES, check_loss, check_only_first_input_gets_gradient, dyadic,  # noqa: F401
-                               many_programs, random_mask)
+                               many_programs, opcheck, random_mask)
 
 from fastrlhf import ops, reference
+from fastrlhf.ops.ppo_policy_loss import _forward as policy_loss_op
 
 REDUCTIONS = reference.REDUCTIONS
 
@@ -163,3 +164,8 @@ def test_bad_inputs(backend):
     with pytest.raises(ValueError, match="logprobs is empty"):
         ops.ppo_policy_loss(lp[:0], old[:0], adv[:0], mask[:0])
     assert math.isfinite(ops.ppo_policy_loss(lp, old, adv, mask)[0].item())
+
+
+def test_custom_op_registration(backend):
+    inputs = [t.requires_grad_() if i == 0 else t for i, t in enumerate(policy_inputs((3, 7)))]
+    opcheck(backend, policy_loss_op, *inputs, random_mask((3, 7)), 0.2, 0.28, 3.0, "seq_mean_token_mean")

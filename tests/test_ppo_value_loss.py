@@ -3,9 +3,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reduction_testing import (DTYPES, check_loss, check_only_first_input_gets_gradient, dyadic,  # noqa: F401
-                               many_programs, random_mask)
+                               many_programs, opcheck, random_mask)
 
 from fastrlhf import ops, reference
+from fastrlhf.ops.ppo_value_loss import _forward as value_loss_op
 
 REDUCTIONS = reference.REDUCTIONS
 
@@ -107,3 +108,8 @@ def test_bad_inputs(backend):
         ops.ppo_value_loss(v, old, ret, mask.to(torch.complex64))
     with pytest.raises(ValueError, match="values is empty"):
         ops.ppo_value_loss(v[:, :0], old[:, :0], ret[:, :0], mask[:, :0])
+
+
+def test_custom_op_registration(backend):
+    inputs = [t.requires_grad_() if i == 0 else t for i, t in enumerate(value_inputs((3, 7)))]
+    opcheck(backend, value_loss_op, *inputs, random_mask((3, 7)), 0.2, "token_mean")
