@@ -20,3 +20,14 @@ def assert_grad_close(actual, expected, dtype, what="grad"):
 def leaf(x, device, dtype=None):
     """x as a new leaf tensor on device (in dtype) that requires grad."""
     return x.to(device=device, dtype=dtype or x.dtype).detach().requires_grad_()
+
+
+def random_mask(shape, keep=0.7, empty_rows=1):
+    """A bool mask of right-padded rows (random lengths) with holes, and `empty_rows` rows (sequences)
+    without any token when there are more rows than that."""
+    lengths = torch.randint(1, shape[-1] + 1, (*shape[:-1], 1))
+    mask = (torch.rand(shape) < keep) & (torch.arange(shape[-1]) < lengths)
+    rows = mask.view(-1, shape[-1])
+    if rows.shape[0] > empty_rows:
+        rows[torch.randperm(rows.shape[0])[:empty_rows]] = False
+    return mask

@@ -16,14 +16,6 @@ def dyadic(shape, spread=2.0):
     return torch.randint(-steps, steps, shape).float() / 64
 
 
-def random_mask(shape, keep=0.7, empty_rows=1):
-    """Holes everywhere and `empty_rows` fully masked rows (sequences) when there are enough rows."""
-    mask = torch.rand(shape) < keep
-    rows = mask.view(-1, shape[-1])
-    if rows.shape[0] > empty_rows:
-        rows[torch.randperm(rows.shape[0])[:empty_rows]] = False
-    return mask
-
 
 def check_loss(backend, op, inputs, mask, dtype=torch.float32, garbage=None, **options):
     """op (a fastrlhf.ops loss) vs its float64 reference on the same stored inputs: loss, stats and the

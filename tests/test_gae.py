@@ -2,7 +2,7 @@ import importlib
 
 import pytest
 import torch
-from helpers import assert_close
+from helpers import assert_close, random_mask
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -10,13 +10,6 @@ from fastrlhf import ops, reference
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
-
-def random_mask(shape, keep=0.7):
-    """Holes everywhere and, with more than one row, one row with no token at all."""
-    mask = torch.rand(shape) < keep
-    if mask.dim() > 1:
-        mask.view(-1, shape[-1])[-1] = False
-    return mask
 
 
 def check_against_reference(backend, rewards, values, mask, *, gamma, lam):

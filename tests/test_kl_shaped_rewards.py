@@ -2,19 +2,12 @@ import importlib
 
 import pytest
 import torch
-from helpers import assert_close
+from helpers import assert_close, random_mask
 
 from fastrlhf import ops, reference
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
-
-def random_mask(shape):
-    """Right-padded rows with holes; with more than one row, the last has no token."""
-    mask = (torch.rand(shape) < 0.8) & (torch.arange(shape[-1]) < torch.randint(1, shape[-1] + 1, (*shape[:-1], 1)))
-    if mask.dim() > 1:
-        mask.view(-1, shape[-1])[-1] = False
-    return mask
 
 
 def check_against_reference(backend, scores, kl, mask, *, kl_coef, score_clip):

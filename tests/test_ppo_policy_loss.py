@@ -2,11 +2,11 @@ import math
 
 import pytest
 import torch
-from helpers import assert_close
+from helpers import assert_close, random_mask
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reduction_testing import (DTYPES, check_loss, check_only_first_input_gets_gradient, dyadic,  # noqa: F401
-                               many_programs, opcheck, random_mask)
+                               many_programs, opcheck)
 
 from fastrlhf import ops, reference
 from fastrlhf.ops.ppo_policy_loss import _forward as policy_loss_op

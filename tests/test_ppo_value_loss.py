@@ -1,9 +1,10 @@
 import pytest
 import torch
+from helpers import random_mask
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reduction_testing import (DTYPES, check_loss, check_only_first_input_gets_gradient, dyadic,  # noqa: F401
-                               many_programs, opcheck, random_mask)
+                               many_programs, opcheck)
 
 from fastrlhf import ops, reference
 from fastrlhf.ops.ppo_value_loss import _forward as value_loss_op

@@ -67,8 +67,15 @@ def check_labels_values(labels, vocab_size, ignore_index):
         raise ValueError(f"labels must be in [0, {vocab_size}) or ignore_index={ignore_index}, found {bad}")
 
 
+def check_has_time_dim(name, x):
+    if x.dim() == 0:
+        raise ValueError(f"{name} must have a time dimension [..., T], got a 0-dim tensor")
+
+
 def check_finite_values(name, x):
-    if not torch.isfinite(x).all():
+    # A float64 sum is non-finite exactly when an element is (a sum of 16/32-bit floats cannot
+    # overflow it): one pass, several times cheaper on CPU than torch.isfinite(x).all().
+    if not torch.isfinite(x.sum(dtype=torch.float64)):
         raise ValueError(f"{name} contains NaN or inf")
 
 

@@ -17,10 +17,8 @@ def _check_unit_interval(name, value):
 
 
 def _check_values(rewards, values):
-    # A float64 sum is non-finite exactly when an element is (sums of float32 values cannot overflow
-    # it): one pass each, 5-10x cheaper on CPU than torch.isfinite(x).all().
-    C.check_finite_values("rewards", rewards.sum(dtype=torch.float64))
-    C.check_finite_values("values", values.sum(dtype=torch.float64))
+    C.check_finite_values("rewards", rewards)
+    C.check_finite_values("values", values)
 
 
 @torch.library.custom_op("fastrlhf::gae", mutates_args=())
@@ -49,8 +47,7 @@ def gae(rewards, values, mask, *, gamma=1.0, lam=0.95):
     C.check_mask("mask", mask)
     C.check_like("values", values, "rewards", rewards)
     C.check_like("mask", mask, "rewards", rewards)
-    if rewards.dim() == 0:
-        raise ValueError("rewards must have a time dimension [..., T], got a 0-dim tensor")
+    C.check_has_time_dim("rewards", rewards)
     _check_unit_interval("gamma", gamma)
     _check_unit_interval("lam", lam)
     rewards, values = rewards.detach(), values.detach()

@@ -39,8 +39,7 @@ def kl_shaped_rewards(scores, kl, mask, *, kl_coef, score_clip=None):
     C.check_mask("mask", mask)
     C.check_like("mask", mask, "kl", kl)
     C.check_same_device("scores", scores, "kl", kl)
-    if kl.dim() == 0:
-        raise ValueError("kl must have a time dimension [..., T], got a 0-dim tensor")
+    C.check_has_time_dim("kl", kl)
     if scores.shape != kl.shape[:-1]:
         raise ValueError(f"scores must have shape kl.shape[:-1] = {tuple(kl.shape[:-1])}, got {tuple(scores.shape)}")
     if isinstance(kl_coef, bool) or not isinstance(kl_coef, numbers.Real):
