@@ -70,6 +70,7 @@ def main(argv=None):
     import datasets
     import transformers
     transformers.logging.set_verbosity_error()  # "newly initialised weights": the reward head, on purpose
+    transformers.logging.disable_progress_bar()
     datasets.disable_progress_bars()
     from . import data, distributed
     try:

@@ -36,6 +36,7 @@ class Common:
     dtype: str = option("float32", "float32 or bfloat16 weights (bfloat16 wants a GPU)")
     resume: bool = option(False, "continue from the stage's last checkpoint (a finished stage is skipped)")
     fsdp: bool = option(False, "under torchrun, shard trained models with FSDP2 instead of DDP")
+    threads: int = option(0, "CPU threads of torch (0: torch's default); tiny models run best on 1 when cores are shared")
 
 
 @dataclass

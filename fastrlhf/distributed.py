@@ -51,7 +51,8 @@ def wrap(model, fsdp=False):
         return model
     if fsdp:
         return _fully_shard(model)
-    device_ids = [model.device] if model.device.type == "cuda" else None
+    device = next(model.parameters()).device
+    device_ids = [device] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=device_ids)
 
 
@@ -77,6 +78,15 @@ def gather_rows(x):
     parts = [torch.empty_like(x) for _ in range(world())]
     dist.all_gather(parts, x.contiguous())
     return torch.cat(parts)
+
+
+def average(x):
+    """The mean of a tensor over ranks (for logging global values)."""
+    if not dist.is_initialized():
+        return x
+    x = x.detach().clone()
+    dist.all_reduce(x)
+    return x / world()
 
 
 def max_over_ranks(value):

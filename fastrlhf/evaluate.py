@@ -2,7 +2,7 @@
 reference, response length and EOS rate, and the win rate of policy A over policy B."""
 import torch
 
-from . import data, models
+from . import data, models, training
 from .generation import generate
 from .ppo import response_logprobs
 
@@ -78,7 +78,7 @@ def win_rate(a, b):
 
 def evaluate(config):
     """{policy name: {metric: mean}} plus the win rate of the policy over the baseline."""
-    device = torch.device(config.device if config.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = training.setup(config)
     tokenizer = models.load_tokenizer(config.policy)
     rows = data.load_rows(config.prompts)[:config.num_prompts]
     prompts = data.prompts(config.prompts, tokenizer, config.max_prompt_len, rows=rows)

@@ -27,12 +27,12 @@ def generate(model, prompt_ids, prompt_mask, uniforms, *, temperature, eos_id, p
     out = model(input_ids=prompt_ids, attention_mask=mask, position_ids=positions(mask), use_cache=True)
     done = torch.zeros(prompt_ids.shape[0], dtype=torch.bool, device=prompt_ids.device)
     tokens, alive = [], []
-    for uniform in uniforms:
+    for step, uniform in enumerate(uniforms):
         token = sample_token(out.logits[:, -1], temperature, uniform).masked_fill(done, pad_id)
         tokens.append(token)
         alive.append(~done)
         done = done | (token == eos_id)
-        if done.all():
+        if done.all() or step == len(uniforms) - 1:
             break
         mask = torch.cat([mask, alive[-1].long()[:, None]], dim=1)
         out = model(input_ids=token[:, None], attention_mask=mask, position_ids=positions(mask)[:, -1:],

@@ -144,8 +144,9 @@ def train(config):
                     loss = pg_loss + config.vf_coef * vf_loss
                     share = training.token_share(m, mask[global_rows])
                     guard.update(loss * share, optimizer, params, config.max_grad_norm)
-                    stats.append({"pg_loss": pg_loss.detach(), "vf_loss": vf_loss.detach(),
-                                  "vf_clip_frac": vf_stats["clip_frac"], **pg_stats})
+                    stats.append({k: v.detach() * share for k, v in  # * share: global token means
+                                  {"pg_loss": pg_loss, "vf_loss": vf_loss, "vf_clip_frac": vf_stats["clip_frac"],
+                                   **pg_stats}.items()})
 
         sequence_kl = (kl * mask).sum(-1).mean().item()
         kl_ctl.update(sequence_kl, config.batch_size)
@@ -155,7 +156,7 @@ def train(config):
         loop.end_step(step, {
             "score": batch["raw_scores"].mean(), "kl": sequence_kl, "kl_coef": kl_ctl.value,
             "entropy": ops.masked_mean(batch["entropy"], mask),
-            **{k: torch.stack([s[k] for s in stats]).mean() for k in stats[0]},
+            **{k: distributed.average(torch.stack([s[k] for s in stats]).mean()) for k in stats[0]},
             "explained_variance": explained_variance(batch["values"], returns, mask),
             "response_length": mask.sum(-1).float().mean(), "eos_rate": batch["has_eos"].float().mean(),
             "tokens_per_s": generated / seconds,

@@ -50,7 +50,8 @@ def train(config):
         chosen, rejected = models.at_last_token(trained(ids, mask), mask).chunk(2)
         loss = -F.logsigmoid(chosen - rejected).mean()  # every rank holds as many pairs: DDP's mean is global
         guard.update(loss, optimizer, model.parameters(), config.max_grad_norm)
-        loop.end_step(step, {"loss": loss.detach(), "accuracy": (chosen > rejected).float().mean()},
+        accuracy = (chosen > rejected).float().mean()
+        loop.end_step(step, {"loss": distributed.average(loss), "accuracy": distributed.average(accuracy)},
                       {"model": model}, tokenizer)
     report = {"train": evaluate(model, pairs[:1024], tokenizer.pad_token_id, device)}
     if config.eval_data:

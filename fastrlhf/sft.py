@@ -26,6 +26,6 @@ def train(config):
             loss = -ops.masked_mean(logprobs, trained_tokens)
             share = training.token_share(trained_tokens, global_labels[:, 1:] != data.IGNORE)
             guard.update(loss * share, optimizer, model.parameters(), config.max_grad_norm)
-        loop.end_step(step, {"loss": loss.detach(), "tokens_per_s": global_mask.sum() / timer.last("train")},
+        loop.end_step(step, {"loss": distributed.average(loss * share), "tokens_per_s": global_mask.sum() / timer.last("train")},
                       {"model": model}, tokenizer)
     return loop.finish(model, tokenizer, plotted=("loss", "lr"))

@@ -17,6 +17,8 @@ def setup(config):
     name = config.device if config.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     distributed.init(device)
+    if config.threads:
+        torch.set_num_threads(config.threads)
     random.seed(config.seed)
     torch.manual_seed(config.seed + distributed.rank())
     return distributed.local_device(device)
@@ -128,14 +130,14 @@ class Loop:
             guard.in_a_row, guard.skipped = self.state.pop("guard")
         self.log = metrics.Logger(self.dir, start, self.config.steps, self.stage, self.shown)
         self.optimizer, self.scheduler, self.guard = optimizer, scheduler, guard
-        for step in range(start, self.config.steps):
-            yield step
-            scheduler.step()
+        yield from range(start, self.config.steps)
 
     def end_step(self, step, values, trained, tokenizer):
         self.log.log(step, {**values, "skipped": self.guard.skipped, "lr": self.scheduler.get_last_lr()[0]})
+        self.scheduler.step()
         every = self.config.save_every
-        if every and (step + 1) % every == 0 and step + 1 < self.config.steps:
+        # No checkpoint during a run of skipped steps: the last one written stays the last good one.
+        if every and (step + 1) % every == 0 and step + 1 < self.config.steps and not self.guard.in_a_row:
             state = {**self.state, "guard": (self.guard.in_a_row, self.guard.skipped)}
             checkpoint.save(self.dir / "checkpoints", step, trained, tokenizer, self.optimizer, self.scheduler,
                             state, self.config.keep_checkpoints)
