@@ -54,11 +54,11 @@ def save(directory, step, trained, tokenizer, optimizer, scheduler, state, keep=
 def save_final(model, tokenizer, path, files=None):
     """A stage's result, a Hugging Face checkpoint (plus `files`: name -> text), also written to a
     temporary directory then renamed."""
-    path = Path(path)
+    path, state_dict = Path(path), distributed.full_state_dict(model)
     if distributed.is_main():
         tmp = path.with_name(f".tmp-{path.name}")
         shutil.rmtree(tmp, ignore_errors=True)
-        models.save(model, tokenizer, tmp)
+        models.save(model, tokenizer, tmp, state_dict)
         for name, text in (files or {}).items():
             (tmp / name).write_text(text)
         shutil.rmtree(path, ignore_errors=True)

@@ -77,7 +77,7 @@ class PPOConfig(Training):
     prompts: str = option("", "prompt rows {prompt}: file or hub name")
     steps: int = redefault(Training, "steps", 40)
     batch_size: int = redefault(Training, "batch_size", 64)
-    lr: float = redefault(Training, "lr", 3e-4)
+    lr: float = redefault(Training, "lr", 1e-4)
     warmup_steps: int = redefault(Training, "warmup_steps", 0)
     adam_eps: float = redefault(Training, "adam_eps", 1e-5)
     num_minibatches: int = option(4, "minibatches per PPO epoch")

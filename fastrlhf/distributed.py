@@ -67,8 +67,13 @@ def _fully_shard(model):
     return fully_shard(model)
 
 
-def unwrap(model):
-    return model.module if isinstance(model, DistributedDataParallel) else model
+def full_state_dict(model):
+    """The unsharded state dict of an FSDP2 model (a collective: every rank calls it), else None."""
+    from torch.distributed.tensor import DTensor
+    if not any(isinstance(p, DTensor) for p in model.parameters()):
+        return None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 def gather_rows(x):
@@ -82,9 +87,10 @@ def gather_rows(x):
 
 def average(x):
     """The mean of a tensor over ranks (for logging global values)."""
+    x = x.detach()
     if not dist.is_initialized():
         return x
-    x = x.detach().clone()
+    x = x.clone()
     dist.all_reduce(x)
     return x / world()
 

@@ -17,11 +17,12 @@ def sample_token(logits, temperature, uniform):
 
 
 @torch.no_grad()
-def generate(model, prompt_ids, prompt_mask, uniforms, *, temperature, eos_id, pad_id):
+def generate(model, prompt_ids, prompt_mask, uniforms, *, temperature, eos_id, pad_id, stop_early=True):
     """Samples up to len(uniforms) tokens after left-padded prompts [B, P]; uniforms is [max_new_tokens, B].
 
     Returns (responses [B, T], response_mask [B, T]): tokens after a row's EOS are PAD and masked out;
-    the EOS itself is in the mask. T is the longest response in the batch.
+    the EOS itself is in the mask. T is the longest response in the batch (len(uniforms) without stop_early:
+    FSDP ranks must all run the same number of forward passes).
     """
     mask = prompt_mask.long()
     out = model(input_ids=prompt_ids, attention_mask=mask, position_ids=positions(mask), use_cache=True)
@@ -32,7 +33,7 @@ def generate(model, prompt_ids, prompt_mask, uniforms, *, temperature, eos_id, p
         tokens.append(token)
         alive.append(~done)
         done = done | (token == eos_id)
-        if done.all() or step == len(uniforms) - 1:
+        if (stop_early and done.all()) or step == len(uniforms) - 1:
             break
         mask = torch.cat([mask, alive[-1].long()[:, None]], dim=1)
         out = model(input_ids=token[:, None], attention_mask=mask, position_ids=positions(mask)[:, -1:],

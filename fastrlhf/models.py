@@ -90,12 +90,14 @@ class ValueModel(nn.Module):
     def score(self, input_ids, attention_mask):
         return at_last_token(self(input_ids, attention_mask), attention_mask)
 
-    def save_pretrained(self, path, **kwargs):
-        self.model.save_pretrained(path, **kwargs)
+    def save_pretrained(self, path, state_dict=None, **kwargs):
+        if state_dict is not None:
+            state_dict = {k.removeprefix("model."): v for k, v in state_dict.items()}
+        self.model.save_pretrained(path, state_dict=state_dict, **kwargs)
 
 
 def load_value_model(name, tokenizer, dtype="float32", device="cpu"):
-    """A reward model or critic: from a reward-model checkpoint, or a causal LM checkpoint (new zero head)."""
+    """A reward model or critic: from a reward-model checkpoint, or a causal LM checkpoint (a freshly initialised head)."""
     model = AutoModelForSequenceClassification.from_pretrained(name, num_labels=1, **{_DTYPE_KEY: _dtype(dtype)})
     return ValueModel(_prepare(model, tokenizer)).to(device)
 
@@ -104,8 +106,8 @@ def logits(policy, input_ids, attention_mask):
     return policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions(attention_mask)).logits
 
 
-def save(model, tokenizer, path):
-    """A Hugging Face checkpoint (safetensors) that `from_pretrained` reloads."""
+def save(model, tokenizer, path, state_dict=None):
+    """A Hugging Face checkpoint (safetensors) that `from_pretrained` reloads (state_dict: FSDP's gathered one)."""
     model = getattr(model, "module", model)
-    model.save_pretrained(path, safe_serialization=True)
+    model.save_pretrained(path, state_dict=state_dict, safe_serialization=True)
     tokenizer.save_pretrained(path)

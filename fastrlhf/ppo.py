@@ -47,7 +47,8 @@ def response_values(critic, ids, mask, responses):
 def sample(policy, prompts, uniforms, tokenizer, config):
     """This rank's responses, right-padded to the longest over all ranks so that rows can be gathered."""
     responses, response_mask = generate(policy, *prompts, uniforms, temperature=config.temperature,
-                                        eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id)
+                                        eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
+                                        stop_early=not config.fsdp)
     width = distributed.max_over_ranks(responses.shape[1])
     return (F.pad(responses, (0, width - responses.shape[1]), value=tokenizer.pad_token_id),
             F.pad(response_mask, (0, width - response_mask.shape[1]), value=False))

@@ -84,6 +84,7 @@ class Guard:
         self.limit, self.what, self.in_a_row, self.skipped = limit, what, 0, 0
 
     def ok(self, *values):
+        values = [v.full_tensor() if hasattr(v, "full_tensor") else v for v in values]  # FSDP2's grad norm
         finite = torch.stack([torch.as_tensor(v, dtype=torch.float32).isfinite().all() for v in values]).all()
         if dist.is_initialized():  # every rank must skip together or DDP would wait forever
             finite = finite.float().to(distributed.local_device(finite.device))
@@ -114,6 +115,8 @@ class Loop:
     periodic checkpoints, the final Hugging Face checkpoint in <stage dir>/final."""
 
     def __init__(self, config, stage, shown):
+        if config.fsdp and config.save_every:
+            raise ValueError("periodic checkpoints are not supported with --fsdp yet: set save_every to 0")
         self.config, self.dir = config, stage_dir(config, stage)
         self.resume_from = checkpoint.latest(self.dir / "checkpoints") if config.resume else None
         self.stage, self.shown, self.state = stage, shown, {}

@@ -1,4 +1,5 @@
-"""Two CPU processes under torchrun (gloo, DDP) give the same PPO run as one process on the same global batch."""
+"""Two CPU processes under torchrun (gloo; DDP, or FSDP2 with --fsdp) give the same PPO run as one process
+on the same global batch."""
 import json
 import socket
 import sys
@@ -21,8 +22,9 @@ def paths(tmp_path_factory):
     return tiny_run.make(tmp_path_factory.mktemp("tiny"))
 
 
-def test_two_processes_match_one(paths, tmp_path):
-    options = {**tiny_run.PPO, **paths, "output_dir": str(tmp_path), "steps": 3}
+@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp2"])
+def test_two_processes_match_one(paths, tmp_path, fsdp):
+    options = {**tiny_run.PPO, **paths, "output_dir": str(tmp_path), "steps": 3, "fsdp": fsdp}
     (tmp_path / "two.json").write_text(json.dumps({**options, "run": "two"}))  # torchrun would eat --run
     launch = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
               "--master-port", str(free_port()), "-m", "fastrlhf", "ppo", "--config", str(tmp_path / "two.json")]
