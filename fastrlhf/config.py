@@ -41,7 +41,7 @@ class Common:
 
 @dataclass
 class Training(Common):
-    steps: int = option(300, "optimizer steps (PPO: rollout-and-update iterations)")
+    steps: int = option(500, "optimizer steps (PPO: rollout-and-update iterations)")
     batch_size: int = option(32, "global batch: sequences (RM: pairs, PPO: rollouts) per step over all processes")
     lr: float = option(3e-3, "peak learning rate (linear warmup, then linear decay to 0)")
     warmup_steps: int = option(20, "learning-rate warmup steps")
@@ -127,6 +127,7 @@ class PipelineConfig(Common):
 
 @dataclass
 class DemoConfig(PipelineConfig):
+    threads: int = redefault(Common, "threads", 1)
     train_prompts: int = option(2000, "distinct training prompts (SFT, preferences, PPO)")
     heldout_prompts: int = option(256, "distinct held-out prompts for the final report")
     sft_rows: int = option(4000, "SFT demonstrations written by the task's generator")

@@ -13,7 +13,6 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import datasets
 import torch
 
 BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -29,6 +28,8 @@ class DataError(ValueError):
 
 def load_rows(source):
     """The rows of a local file (by extension) or a hub dataset's train split, as a list of dicts."""
+    import datasets  # here, not at the top: importing it is slow and only file loading needs it
+
     path = Path(source)
     if not source:
         raise DataError("no data given: pass a file (JSONL/JSON/CSV/Parquet) or a dataset name")

@@ -15,7 +15,7 @@ class Logger:
         self.path = Path(directory) / "metrics.jsonl"
         self.main, self.shown = distributed.is_main(), shown
         self.bar = tqdm(total=steps, initial=start_step, desc=desc, disable=not self.main, dynamic_ncols=True)
-        self.tensorboard = None
+        self.tensorboard, self.last = None, {}
         if self.main:
             self._drop_from(start_step)  # a resumed run rewrites the steps after its checkpoint
             try:
@@ -31,7 +31,7 @@ class Logger:
         self.path.write_text("".join(line + "\n" for line in kept))
 
     def log(self, step, metrics):
-        metrics = {k: float(v) for k, v in metrics.items()}
+        metrics = self.last = {k: float(v) for k, v in metrics.items()}
         if self.main:
             with self.path.open("a") as f:
                 f.write(json.dumps({"step": step, **metrics}) + "\n")

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from . import data, distributed, models, training
-from . import reference as ops  # switch to fastrlhf.ops when merged
+from .training import ops
 from .generation import generate
 from .reward_model import load_stats
 

@@ -1,6 +1,6 @@
 """Supervised fine-tuning: maximise the log-likelihood of the demonstrations' response tokens."""
 from . import data, distributed, models, training
-from . import reference as ops  # switch to fastrlhf.ops when merged
+from .training import ops
 
 SHOWN = ("loss", "tokens_per_s")
 

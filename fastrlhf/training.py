@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 
 from . import checkpoint, distributed, metrics
+from . import reference as ops  # switch to fastrlhf.ops when merged; every stage takes its PPO math from here
 
 
 def setup(config):
@@ -146,5 +147,11 @@ class Loop:
                             state, self.config.keep_checkpoints)
 
     def finish(self, model, tokenizer, plotted, files=None):
+        """Saves the result and prints the stage's report: its last metrics."""
         self.log.close(plotted)
-        return checkpoint.save_final(model, tokenizer, self.dir / "final", files)
+        final = checkpoint.save_final(model, tokenizer, self.dir / "final", files)
+        if distributed.is_main():
+            last = "  ".join(f"{k}={v:.4g}" for k, v in self.log.last.items())
+            print(f"{self.stage}: {self.config.steps} steps, skipped {self.guard.skipped}; last step: {last}\n"
+                  f"{self.stage}: saved {final}")
+        return final

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fastrlhf import data, models, ppo
-from fastrlhf import reference as ops  # switch to fastrlhf.ops when merged
+from fastrlhf.training import ops
 from fastrlhf.generation import generate
 
 
