@@ -42,8 +42,8 @@ def checks_enabled(device):
     return device.type == "cpu" or os.environ.get("FASTRLHF_CHECK") == "1"
 
 
-def _triton_interpreted():
-    return os.environ.get("TRITON_INTERPRET") == "1"
+# Read once: Triton decides between compiling and interpreting when the kernels are defined.
+_TRITON_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @functools.cache
@@ -54,33 +54,32 @@ def _module(name):
         return error
 
 
+# Looked up at import so that choosing a backend is plain Python that torch.compile traces.
+_HAS_EXTENSION = not isinstance(_module("cpp"), ImportError)
+if not _HAS_EXTENSION:
+    warnings.warn(f"fastrlhf._C is not available ({_module('cpp')}); CPU ops fall back to the PyTorch "
+                  "reference. Build it with `pip install --no-build-isolation -e .`.", stacklevel=2)
+
+
 def available_backends():
     """The backends that can run on this machine."""
     names = [n for n in BACKENDS if not isinstance(_module(n), ImportError)]
-    if "triton" in names and not (torch.cuda.is_available() or _triton_interpreted()):
+    if "triton" in names and not (torch.cuda.is_available() or _TRITON_INTERPRETED):
         names.remove("triton")  # Triton needs a GPU, or its interpreter for CPU tensors
     return names
 
 
-@functools.cache
-def _warn_no_extension(reason):
-    warnings.warn(f"fastrlhf._C is not available ({reason}); CPU ops fall back to the PyTorch reference. "
-                  "Build it with `pip install --no-build-isolation -e .`.", stacklevel=4)
-
-
 def backend_name(device):
+    """The backend that runs ops on tensors on `device`: forced, else by device."""
     if _forced is not None:
         name = _forced
     elif device.type == "cuda":
         name = "triton"
-    elif isinstance(_module("cpp"), ImportError):
-        _warn_no_extension(str(_module("cpp")))
-        name = "reference"
     else:
-        name = "cpp"
+        name = "cpp" if _HAS_EXTENSION else "reference"
     if name == "cpp" and device.type != "cpu":
         raise ValueError(f"the cpp backend runs on CPU tensors, got a tensor on {device}")
-    if name == "triton" and device.type == "cpu" and not _triton_interpreted():
+    if name == "triton" and device.type == "cpu" and not _TRITON_INTERPRETED:
         raise ValueError("the triton backend needs CUDA tensors, or TRITON_INTERPRET=1 for CPU tensors")
     return name
 

@@ -1,0 +1,167 @@
+"""What the benchmarks run: each op against the eager composite that TRL/OpenRLHF write today.
+
+A case makes its inputs, names the tensors that receive gradients (none: forward only), and gives
+the bytes an ideal kernel must move, from which GPU runs report achieved GB/s.
+"""
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .. import ops
+
+
+@dataclass
+class Case:
+    op: str
+    shape: tuple
+    dtype: torch.dtype
+    make_inputs: Callable  # (shape, dtype, device) -> dict of tensors
+    eager: Callable  # the baseline: **inputs -> output(s)
+    fast: Callable  # fastrlhf: **inputs -> output(s)
+    grad_inputs: tuple = ()  # inputs that require grad; empty: forward only
+    floor_bytes: Callable = None  # (shape, element size, with backward) -> least bytes moved
+
+    @property
+    def name(self):
+        return f"{self.op}[{'x'.join(map(str, self.shape))},{str(self.dtype).removeprefix('torch.')}]"
+
+
+# ---------------------------------------------------------------- eager baselines (as users write them)
+
+def eager_masked_mean(x, mask, dim=None):
+    return (x * mask).sum() / mask.sum() if dim is None else (x * mask).sum(dim) / mask.sum(dim)
+
+
+def eager_token_logprobs(logits, labels):
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return logp.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+
+
+def eager_kl_k3(logprobs, ref_logprobs):
+    log_ratio = ref_logprobs.float() - logprobs.float()
+    return log_ratio.exp() - 1 - log_ratio
+
+
+def eager_gae(rewards, values, mask, gamma=1.0, lam=0.95):
+    values, rewards = values * mask, rewards * mask
+    last, reversed_advantages, T = 0.0, [], rewards.shape[-1]
+    for t in reversed(range(T)):
+        next_values = values[:, t + 1] if t < T - 1 else 0.0
+        delta = rewards[:, t] + gamma * next_values - values[:, t]
+        last = delta + gamma * lam * last
+        reversed_advantages.append(last)
+    advantages = torch.stack(reversed_advantages[::-1], dim=1)
+    return advantages, advantages + values
+
+
+def eager_masked_whiten(x, mask):
+    mean = eager_masked_mean(x, mask)
+    var = eager_masked_mean((x - mean) ** 2, mask)
+    return (x - mean) * torch.rsqrt(var + 1e-8)
+
+
+def eager_policy_loss(logprobs, old_logprobs, advantages, mask, clip_eps=0.2):
+    ratio = torch.exp(logprobs - old_logprobs)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps)
+    loss = eager_masked_mean(torch.max(unclipped, clipped), mask)
+    stats = {"clip_frac": eager_masked_mean((clipped > unclipped).float(), mask),
+             "approx_kl": 0.5 * eager_masked_mean((logprobs - old_logprobs) ** 2, mask)}
+    return loss, stats
+
+
+def eager_value_loss(values, old_values, returns, mask, clip_eps=0.2):
+    clipped_values = old_values + torch.clamp(values - old_values, -clip_eps, clip_eps)
+    unclipped, clipped = (values - returns) ** 2, (clipped_values - returns) ** 2
+    loss = 0.5 * eager_masked_mean(torch.max(unclipped, clipped), mask)
+    return loss, {"clip_frac": eager_masked_mean((clipped > unclipped).float(), mask)}
+
+
+def eager_kl_shaped_rewards(scores, kl, mask, kl_coef=0.05):
+    rewards = -kl_coef * kl * mask
+    last = mask.shape[-1] - 1 - mask.flip(-1).int().argmax(-1)
+    rewards[torch.arange(len(scores), device=scores.device), last] += scores
+    return rewards
+
+
+# ---------------------------------------------------------------- inputs
+
+def _tokens(shape, dtype, device, *names):
+    """Random per-token tensors, plus a float mask whose rows end at random lengths (right padding)."""
+    B, T = shape
+    lengths = torch.randint(T // 2, T + 1, (B, 1), device=device)
+    mask = (torch.arange(T, device=device) < lengths).float()
+    return {name: torch.randn(shape, device=device, dtype=dtype) * 0.5 for name in names} | {"mask": mask}
+
+
+def _logits(shape, dtype, device):
+    *lead, vocab = shape
+    return {"logits": torch.randn(shape, device=device, dtype=dtype) * 2,
+            "labels": torch.randint(0, vocab, lead, device=device)}
+
+
+def _scores(shape, dtype, device):
+    inputs = _tokens(shape, dtype, device, "kl")
+    return inputs | {"scores": torch.randn(shape[0], device=device, dtype=dtype)}
+
+
+def _per_token_bytes(reads, writes, backward_reads=0, backward_writes=0):
+    """Least traffic of an O(tokens) op: float32 tensors per token read / written (masks as 1 byte)."""
+    def floor(shape, element_size, with_backward):
+        tokens = shape[0] * shape[1]
+        moved = reads * element_size + writes * 4 + 1
+        if with_backward:
+            moved += backward_reads * 4 + backward_writes * element_size + 1
+        return tokens * moved
+    return floor
+
+
+def _logits_bytes(shape, element_size, with_backward):
+    # forward reads the logits once; backward reads them again and writes their gradient
+    n = 1
+    for size in shape:
+        n *= size
+    return n * element_size * (3 if with_backward else 1)
+
+
+def _policy(shape, dtype, device):
+    return _tokens(shape, dtype, device, "logprobs", "old_logprobs", "advantages")
+
+
+def _value(shape, dtype, device):
+    return _tokens(shape, dtype, device, "values", "old_values", "returns")
+
+
+def cases(device):
+    """The benchmark cases for a device: the issue's target shapes."""
+    cuda = torch.device(device).type == "cuda"
+    logits_shapes = [(16, 1024, 32000), (16, 1024, 151936)] if cuda else [(4, 512, 32000)]
+    logits_dtype = torch.bfloat16 if cuda else torch.float32
+    tokens = (64, 1024)
+    f32 = torch.float32
+    result = [Case("token_logprobs", s, logits_dtype, _logits, eager_token_logprobs, ops.token_logprobs,
+                   ("logits",), _logits_bytes) for s in logits_shapes]
+    result += [
+        Case("kl_penalty", tokens, f32, lambda s, d, dev: _tokens(s, d, dev, "logprobs", "ref_logprobs"),
+             lambda logprobs, ref_logprobs, mask: eager_kl_k3(logprobs, ref_logprobs),
+             lambda logprobs, ref_logprobs, mask: ops.kl_penalty(logprobs, ref_logprobs, estimator="k3"),
+             ("logprobs",), _per_token_bytes(2, 1, 3, 2)),
+        Case("gae", (512, 8192) if cuda else tokens, f32, lambda s, d, dev: _tokens(s, d, dev, "rewards", "values"),
+             eager_gae, ops.gae, (), _per_token_bytes(2, 2)),
+        Case("masked_mean", tokens, f32, lambda s, d, dev: _tokens(s, d, dev, "x"), eager_masked_mean,
+             ops.masked_mean, ("x",), _per_token_bytes(1, 0, 0, 1)),
+        Case("masked_whiten", tokens, f32, lambda s, d, dev: _tokens(s, d, dev, "x"), eager_masked_whiten,
+             ops.masked_whiten, (), _per_token_bytes(2, 1)),
+        Case("ppo_policy_loss", tokens, f32, _policy, eager_policy_loss, ops.ppo_policy_loss, ("logprobs",),
+             _per_token_bytes(3, 1, 1, 1)),
+        Case("ppo_value_loss", tokens, f32, _value, eager_value_loss, ops.ppo_value_loss, ("values",),
+             _per_token_bytes(3, 1, 1, 1)),
+        Case("kl_shaped_rewards", tokens, f32, _scores, eager_kl_shaped_rewards,
+             lambda scores, kl, mask: ops.kl_shaped_rewards(scores, kl, mask, kl_coef=0.05), (),
+             _per_token_bytes(1, 1)),
+    ]
+    if cuda:
+        result.append(Case("ppo_policy_loss", (512, 8192), f32, _policy, eager_policy_loss, ops.ppo_policy_loss,
+                           ("logprobs",), _per_token_bytes(3, 1, 1, 1)))
+    return result

@@ -1,0 +1,246 @@
+"""Pieces shared by the masked reductions: masked_mean, masked_whiten and the two PPO losses.
+
+Every reduction to a few numbers runs in two levels without atomics: programs stride over blocks
+(or rows), each writes partial results, and one program finalizes them. An input of at most
+SINGLE_PROGRAM_MAX elements gets ONE program that also finalizes, all in one launch: at RLHF batch
+sizes (64 x 1024 tokens) the launches, not the bytes, are what costs.
+
+Moments (masked_mean over everything, masked_whiten): the count n, mean and M2 = sum (x - mean)^2 of
+each block (two passes over registers), merged with Chan's formula. Never E[x^2] - E[x]^2, which
+cancels catastrophically when |mean| >> std.
+
+PPO losses: one rows kernel computes the per-token loss and d loss_token / d input in a single pass,
+saves that gradient (masked, float32) and writes per-row sums [count, loss, stat_0, ...]. The
+finalize turns the row sums into the loss, the stats (masked token means) and one gradient scale per
+row, so the backward of both losses is one elementwise kernel:
+    grad_input = grad_loss * token_grad * row_scale[row].
+Forward: 1 launch up to SINGLE_PROGRAM_MAX tokens, else 2 (rows, finalize). Backward: 1 launch.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from fastrlhf.reference import REDUCTIONS
+
+SINGLE_PROGRAM_MAX = 65536  # elements; tests lower it to exercise the partials path
+MAX_PROGRAMS = 512  # about 4 per H100 SM; more would only add partials to merge
+MOMENTS_BLOCK = 4096
+PARTIALS_BLOCK = 512  # partials merged per step
+_STATS_PAD = tl.constexpr(4)  # room for the most statistics a loss has (3), a power of two
+
+
+def num_programs(n_blocks, n_elements):
+    """How many programs a two-level reduction launches: 1 (which then finalizes) for small inputs."""
+    return 1 if n_elements <= SINGLE_PROGRAM_MAX else min(n_blocks, MAX_PROGRAMS)
+
+
+def num_warps(block):
+    """Enough threads for a block of `block` elements: a lone program needs many bytes in flight."""
+    return 16 if block >= 8192 else (8 if block >= 4096 else 4)
+
+
+# ---- moments -------------------------------------------------------------------------------------
+
+@triton.jit
+def _combine(n, mean, m2):
+    """The moments of the union of a vector of disjoint sets (n, mean, M2 each)."""
+    count = tl.sum(n, axis=0)
+    center = tl.sum(n * mean, axis=0) / tl.maximum(count, 1.0)
+    deviation = mean - center  # empty sets carry mean 0: finite, and weighted by n = 0
+    return count, center, tl.sum(m2 + n * deviation * deviation, axis=0)
+
+
+@triton.jit
+def _merge(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
+    """Chan's formula: the moments of the union of two disjoint sets."""
+    n = n_a + n_b
+    delta = mean_b - mean_a
+    weight_b = n_b / tl.maximum(n, 1.0)
+    return n, mean_a + delta * weight_b, m2_a + m2_b + delta * delta * n_a * weight_b
+
+
+@triton.jit
+def masked_moments(x_ptr, mask_ptr, N, first_block, block_step, BLOCK: tl.constexpr):
+    """Moments of the masked elements of blocks first_block, first_block + block_step, ... of x[N]."""
+    n, mean, m2 = 0.0, 0.0, 0.0
+    for start in range(first_block * BLOCK, N, block_step * BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        inside = offs < N
+        m = tl.load(mask_ptr + offs, mask=inside, other=0) != 0
+        x = tl.where(m, tl.load(x_ptr + offs, mask=inside, other=0.0).to(tl.float32), 0.0)
+        block_n, block_mean, block_m2 = _combine(m.to(tl.float32), x, 0.0)
+        n, mean, m2 = _merge(n, mean, m2, block_n, block_mean, block_m2)
+    return n, mean, m2
+
+
+@triton.jit
+def merge_partials(partials_ptr, P, BLOCK: tl.constexpr):
+    """Moments of everything from the [3, P] partials (rows n, mean, M2) of _moments_kernel."""
+    n, mean, m2 = 0.0, 0.0, 0.0
+    for start in range(0, P, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        inside = offs < P
+        block_n, block_mean, block_m2 = _combine(tl.load(partials_ptr + offs, mask=inside, other=0.0),
+                                                 tl.load(partials_ptr + P + offs, mask=inside, other=0.0),
+                                                 tl.load(partials_ptr + 2 * P + offs, mask=inside, other=0.0))
+        n, mean, m2 = _merge(n, mean, m2, block_n, block_mean, block_m2)
+    return n, mean, m2
+
+
+@triton.jit
+def _moments_kernel(x_ptr, mask_ptr, partials_ptr, N, BLOCK: tl.constexpr):
+    program, programs = tl.program_id(0), tl.num_programs(0)
+    n, mean, m2 = masked_moments(x_ptr, mask_ptr, N, program, programs, BLOCK)
+    tl.store(partials_ptr + program, n)
+    tl.store(partials_ptr + programs + program, mean)
+    tl.store(partials_ptr + 2 * programs + program, m2)
+
+
+def moments_partials(x, mask):
+    """(partials [3, P], P, config): for inputs too big for one program, launches the per-program
+    moments (1 launch); else launches nothing and P = 0 (the caller's single program reads x itself).
+    config: the block sizes and num_warps for the caller's kernel (BLOCK, PARTIALS_BLOCK)."""
+    config = dict(BLOCK=MOMENTS_BLOCK, PARTIALS_BLOCK=PARTIALS_BLOCK, num_warps=num_warps(MOMENTS_BLOCK))
+    programs = num_programs(triton.cdiv(x.numel(), MOMENTS_BLOCK), x.numel())
+    partials = torch.empty((3, programs), device=x.device, dtype=torch.float32)
+    if programs == 1:
+        return partials, 0, config
+    _moments_kernel[(programs,)](x, mask, partials, x.numel(), BLOCK=MOMENTS_BLOCK, num_warps=config["num_warps"])
+    return partials, programs, config
+
+
+# ---- PPO losses ----------------------------------------------------------------------------------
+
+@triton.jit
+def _loss_rows(x_ptr, old_ptr, other_ptr, mask_ptr, token_grad_ptr, partials_ptr, R, T, p0, p1, p2,
+               TOKEN_LOSS: tl.constexpr, N_STATS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_T: tl.constexpr):
+    """Per token: TOKEN_LOSS(x, old, other, p0, p1, p2) -> (loss, d loss / d x, stat_0, stat_1, stat_2);
+    saves the masked gradient and writes the row sums partials[k, row], k = count, loss, stat_0, ..."""
+    for row0 in range(tl.program_id(0) * BLOCK_R, R, tl.num_programs(0) * BLOCK_R):
+        rows = row0 + tl.arange(0, BLOCK_R)
+        count = tl.zeros([BLOCK_R], tl.float32)
+        loss = tl.zeros([BLOCK_R], tl.float32)
+        stat_0 = tl.zeros([BLOCK_R], tl.float32)
+        stat_1 = tl.zeros([BLOCK_R], tl.float32)
+        stat_2 = tl.zeros([BLOCK_R], tl.float32)
+        for t0 in range(0, T, BLOCK_T):
+            cols = t0 + tl.arange(0, BLOCK_T)
+            offs = rows[:, None].to(tl.int64) * T + cols[None, :]
+            inside = (rows[:, None] < R) & (cols[None, :] < T)
+            m = tl.load(mask_ptr + offs, mask=inside, other=0) != 0
+            x = tl.load(x_ptr + offs, mask=inside, other=0.0).to(tl.float32)
+            old = tl.load(old_ptr + offs, mask=inside, other=0.0).to(tl.float32)
+            other = tl.load(other_ptr + offs, mask=inside, other=0.0).to(tl.float32)
+            token_loss, grad, s0, s1, s2 = TOKEN_LOSS(x, old, other, p0, p1, p2)
+            tl.store(token_grad_ptr + offs, tl.where(m, grad, 0.0), mask=inside)
+            # tl.where, not a product with the mask: garbage at masked-out tokens must not leak in as nan
+            count += tl.sum(m.to(tl.float32), axis=1)
+            loss += tl.sum(tl.where(m, token_loss, 0.0), axis=1)
+            stat_0 += tl.sum(tl.where(m, s0, 0.0), axis=1)
+            stat_1 += tl.sum(tl.where(m, s1, 0.0), axis=1)
+            stat_2 += tl.sum(tl.where(m, s2, 0.0), axis=1)
+        inside = rows < R
+        tl.store(partials_ptr + rows, count, mask=inside)
+        tl.store(partials_ptr + R + rows, loss, mask=inside)
+        tl.store(partials_ptr + 2 * R + rows, stat_0, mask=inside)
+        if N_STATS > 1:
+            tl.store(partials_ptr + 3 * R + rows, stat_1, mask=inside)
+            tl.store(partials_ptr + 4 * R + rows, stat_2, mask=inside)
+
+
+@triton.jit
+def _finalize_loss(partials_ptr, R, loss_ptr, stats_ptr, row_scale_ptr, N_STATS: tl.constexpr,
+                   REDUCTION: tl.constexpr, BLOCK: tl.constexpr):
+    """Row sums -> the reduced loss, the stats (masked token means) and each row's gradient scale.
+    REDUCTION indexes reference.REDUCTIONS: token_mean, seq_mean_token_mean, seq_mean_token_sum."""
+    k = tl.arange(0, _STATS_PAD)
+    counts = tl.zeros([BLOCK], tl.float32)
+    losses = tl.zeros([BLOCK], tl.float32)  # sum of row losses, or of row mean losses
+    nonempty = tl.zeros([BLOCK], tl.float32)
+    stats = tl.zeros([_STATS_PAD, BLOCK], tl.float32)
+    for start in range(0, R, BLOCK):
+        rows = start + tl.arange(0, BLOCK)
+        inside = rows < R
+        count = tl.load(partials_ptr + rows, mask=inside, other=0.0)
+        loss = tl.load(partials_ptr + R + rows, mask=inside, other=0.0)
+        counts += count
+        losses += loss / tl.maximum(count, 1.0) if REDUCTION == 1 else loss
+        nonempty += (count > 0).to(tl.float32)
+        stats += tl.load(partials_ptr + (2 + k[:, None]) * R + rows[None, :],
+                         mask=(k[:, None] < N_STATS) & inside[None, :], other=0.0)
+    total = tl.maximum(tl.sum(counts, axis=0), 1.0)
+    sequences = tl.maximum(tl.sum(nonempty, axis=0), 1.0)  # sequences without a token do not count
+    tl.store(loss_ptr, tl.sum(losses, axis=0) / (total if REDUCTION == 0 else sequences))
+    tl.store(stats_ptr + k, tl.sum(stats, axis=1) / total, mask=k < N_STATS)
+    for start in range(0, R, BLOCK):
+        rows = start + tl.arange(0, BLOCK)
+        inside = rows < R
+        count = tl.load(partials_ptr + rows, mask=inside, other=0.0)
+        if REDUCTION == 0:
+            scale = tl.zeros([BLOCK], tl.float32) + 1.0 / total
+        elif REDUCTION == 1:
+            scale = tl.where(count > 0, 1.0 / (tl.maximum(count, 1.0) * sequences), 0.0)
+        else:
+            scale = tl.zeros([BLOCK], tl.float32) + 1.0 / sequences
+        tl.store(row_scale_ptr + rows, scale, mask=inside)
+
+
+@triton.jit
+def _loss_forward_kernel(x_ptr, old_ptr, other_ptr, mask_ptr, token_grad_ptr, partials_ptr, loss_ptr, stats_ptr,
+                         row_scale_ptr, R, T, p0, p1, p2, TOKEN_LOSS: tl.constexpr, N_STATS: tl.constexpr,
+                         REDUCTION: tl.constexpr, ROWS: tl.constexpr, FINALIZE: tl.constexpr,
+                         BLOCK_R: tl.constexpr, BLOCK_T: tl.constexpr, FINALIZE_BLOCK: tl.constexpr):
+    """ROWS: the rows pass; FINALIZE: the finalize (both in one program for small inputs)."""
+    if ROWS:
+        _loss_rows(x_ptr, old_ptr, other_ptr, mask_ptr, token_grad_ptr, partials_ptr, R, T, p0, p1, p2,
+                   TOKEN_LOSS, N_STATS, BLOCK_R, BLOCK_T)
+    if FINALIZE:
+        if ROWS:
+            tl.debug_barrier()  # the program's own partials stores must be visible to all its threads
+        _finalize_loss(partials_ptr, R, loss_ptr, stats_ptr, row_scale_ptr, N_STATS, REDUCTION, FINALIZE_BLOCK)
+
+
+def loss_forward(token_loss, n_stats, x, old, other, mask, params, reduction):
+    """Forward of a PPO loss over [R, T] inputs -> (loss, stats [n_stats], token_grad [R, T], row_scale [R]).
+    1 launch up to SINGLE_PROGRAM_MAX tokens, else 2 (rows with many programs, then the finalize)."""
+    R, T = x.shape
+    single = R * T <= SINGLE_PROGRAM_MAX
+    tile = 8192 if single else 4096
+    block_t = min(triton.next_power_of_2(T), tile)
+    block_r = tile // block_t
+    programs = num_programs(triton.cdiv(R, block_r), R * T)
+    f32 = dict(device=x.device, dtype=torch.float32)
+    loss, stats = torch.empty((), **f32), torch.empty(n_stats, **f32)
+    token_grad, row_scale = torch.empty((R, T), **f32), torch.empty(R, **f32)
+    partials = torch.empty((2 + n_stats, R), **f32)
+    common = dict(TOKEN_LOSS=token_loss, N_STATS=n_stats, REDUCTION=REDUCTIONS.index(reduction),
+                  BLOCK_R=block_r, BLOCK_T=block_t, FINALIZE_BLOCK=1024)
+    args = (x, old, other, mask, token_grad, partials, loss, stats, row_scale, R, T, *params)
+    _loss_forward_kernel[(programs,)](*args, ROWS=True, FINALIZE=programs == 1, num_warps=num_warps(tile), **common)
+    if programs > 1:
+        _loss_forward_kernel[(1,)](*args, ROWS=False, FINALIZE=True, num_warps=8, **common)
+    return loss, stats, token_grad, row_scale
+
+
+@triton.jit
+def _loss_backward_kernel(grad_loss_ptr, token_grad_ptr, row_scale_ptr, grad_ptr, R, T,
+                          BLOCK_R: tl.constexpr, BLOCK_T: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
+    offs = rows[:, None].to(tl.int64) * T + cols[None, :]
+    inside = (rows[:, None] < R) & (cols[None, :] < T)
+    scale = tl.load(grad_loss_ptr) * tl.load(row_scale_ptr + rows, mask=rows < R, other=0.0)
+    grad = tl.load(token_grad_ptr + offs, mask=inside, other=0.0) * scale[:, None]
+    tl.store(grad_ptr + offs, grad.to(grad_ptr.dtype.element_ty), mask=inside)
+
+
+def ppo_loss_backward(grad_loss, token_grad, row_scale, dtype):
+    """grad_input [R, T] of `dtype` = grad_loss * token_grad * row_scale[row]; 1 launch, one tile per program."""
+    R, T = token_grad.shape
+    grad = torch.empty((R, T), device=token_grad.device, dtype=dtype)
+    block_t = min(triton.next_power_of_2(T), 2048)
+    block_r = 2048 // block_t
+    grid = (triton.cdiv(R, block_r), triton.cdiv(T, block_t))
+    _loss_backward_kernel[grid](grad_loss, token_grad, row_scale, grad, R, T, BLOCK_R=block_r, BLOCK_T=block_t,
+                                num_warps=num_warps(2048))
+    return grad

@@ -1,0 +1,41 @@
+"""Per-token PPO rewards: -kl_coef * kl * mask plus the sequence score at each row's last masked token.
+
+One program per row walks its chunks from the end, so the first masked position it meets is the
+row's last (the EOS token) and the score can be placed in the same single pass: kl and mask are
+read once and the rewards written once. One launch.
+"""
+import torch
+import triton
+import triton.language as tl
+
+_MAX_BLOCK_T = 2048
+
+
+@triton.jit
+def _kl_shaped_rewards_kernel(scores_ptr, kl_ptr, mask_ptr, rewards_ptr, T, kl_coef, score_clip,
+                              BLOCK_T: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    row_start = row * T
+    score = tl.load(scores_ptr + row).to(tl.float32)
+    score = tl.where(score < -score_clip, -score_clip, tl.where(score > score_clip, score_clip, score))  # nan stays
+    lanes = tl.arange(0, BLOCK_T)
+    last = -1  # the row's last masked position, once a chunk has shown it
+    num_chunks = tl.cdiv(T, BLOCK_T)
+    for i in range(num_chunks):
+        t = (num_chunks - 1 - i) * BLOCK_T + lanes
+        inside = t < T
+        m = tl.load(mask_ptr + row_start + t, mask=inside, other=0).to(tl.float32)
+        kl = tl.load(kl_ptr + row_start + t, mask=inside, other=0.0).to(tl.float32)
+        last = tl.maximum(last, tl.max(tl.where(m != 0, t, -1), axis=0))  # chunks to the right win
+        rewards = -kl_coef * kl * m + tl.where(t == last, score, 0.0)  # times the mask, as the reference
+        tl.store(rewards_ptr + row_start + t, rewards, mask=inside)
+
+
+def kl_shaped_rewards(scores, kl, mask, kl_coef, score_clip):
+    """scores [R], kl [R, T] contiguous, mask bool [R, T], score_clip (inf: none) -> rewards float32 [R, T]."""
+    R, T = kl.shape
+    rewards = torch.empty((R, T), device=kl.device, dtype=torch.float32)
+    block = min(triton.next_power_of_2(T), _MAX_BLOCK_T)
+    _kl_shaped_rewards_kernel[(R,)](scores, kl, mask, rewards, T, kl_coef, score_clip, BLOCK_T=block,
+                                    num_warps=8 if block >= 1024 else 4)
+    return rewards
