@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 
 from . import checkpoint, distributed, metrics
-from . import reference as ops  # switch to fastrlhf.ops when merged; every stage takes its PPO math from here
+from . import ops  # every stage takes its PPO math from here
 
 
 def setup(config):
