@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from . import distributed, evaluate, models, ppo, reward_model, sft, training
+from . import data, distributed, evaluate, models, ppo, reward_model, sft, training
 from .config import EvalConfig
 from .demo import task
 
@@ -52,7 +52,7 @@ def label_candidates(policy_path, prompts, path, config, seed):
     tokenizer = models.load_tokenizer(policy_path)
     policy = models.load_policy(policy_path, tokenizer, config.dtype, device)
     repeated = [p for p in prompts for _ in range(config.candidates)]
-    ids = [tokenizer(p)["input_ids"] for p in repeated]
+    ids = data.prompts(str(path), tokenizer, config.ppo.max_prompt_len, rows=[{"prompt": p} for p in repeated])
     batches = evaluate.sample(policy, ids, tokenizer, temperature=config.candidate_temperature,
                               max_new_tokens=config.ppo.max_new_tokens, batch_size=256, seed=seed, device=device)
     texts = [t for responses, mask, _, _ in batches for t in evaluate.decode(tokenizer, responses, mask)]
