@@ -1,0 +1,126 @@
+"""Scoring policies on prompts: reward-model score, gold score (where a labeler exists), KL to a
+reference, response length and EOS rate, and the win rate of policy A over policy B."""
+import torch
+
+from . import data, models, training
+from .generation import generate
+from .ppo import response_logprobs
+
+LABELERS = ("demo",)
+
+
+def labeler(name):
+    """gold(prompt_text, response_text, finished) -> float, or None."""
+    if not name:
+        return None
+    if name != "demo":
+        raise ValueError(f"labeler must be one of {LABELERS} or empty, got {name!r}")
+    from .demo.task import gold_score
+    return gold_score
+
+
+@torch.no_grad()
+def sample(policy, prompts, tokenizer, *, temperature, max_new_tokens, batch_size, seed, device):
+    """[(response ids, response mask, prompt ids, prompt mask)] per batch of prompts (token id lists)."""
+    noise = torch.Generator().manual_seed(seed)
+    batches = []
+    for start in range(0, len(prompts), batch_size):
+        prompt_ids, prompt_mask = (t.to(device) for t in data.pad(prompts[start:start + batch_size],
+                                                                   tokenizer.pad_token_id, "left"))
+        uniforms = torch.rand(max_new_tokens, prompt_ids.shape[0], generator=noise).to(device)
+        responses, mask = generate(policy, prompt_ids, prompt_mask, uniforms, temperature=temperature,
+                                   eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id)
+        batches.append((responses, mask, prompt_ids, prompt_mask))
+    return batches
+
+
+def decode(tokenizer, responses, mask):
+    """(text without EOS, ended with EOS) per row."""
+    out = []
+    for row, row_mask in zip(responses.tolist(), mask.tolist()):
+        tokens = [t for t, m in zip(row, row_mask) if m]
+        finished = bool(tokens) and tokens[-1] == tokenizer.eos_token_id
+        out.append((tokenizer.decode(tokens[:-1] if finished else tokens, skip_special_tokens=True), finished))
+    return out
+
+
+@torch.no_grad()
+def score_policy(policy, prompt_texts, prompts, tokenizer, config, device, reward_model=None, reference=None,
+                 gold=None):
+    """Per-sample tensors: length, eos, and rm / kl / gold when their scorer is given."""
+    out = {"length": [], "eos": [], "rm": [], "kl": [], "gold": [], "text": []}
+    batches = sample(policy, prompts, tokenizer, temperature=config.temperature, max_new_tokens=config.max_new_tokens,
+                     batch_size=config.batch_size, seed=config.seed, device=device)
+    offset = 0
+    for responses, mask, prompt_ids, prompt_mask in batches:
+        ids, attention = torch.cat([prompt_ids, responses], 1), torch.cat([prompt_mask, mask], 1)
+        texts = decode(tokenizer, responses, mask)
+        out["length"].append(mask.sum(-1).float())
+        out["eos"].append(torch.tensor([f for _, f in texts], dtype=torch.float))
+        if reward_model is not None:
+            out["rm"].append(reward_model.score(ids, attention))
+        if reference is not None:
+            logprobs = response_logprobs(policy, ids, attention, responses, mask, config.temperature)
+            ref_logprobs = response_logprobs(reference, ids, attention, responses, mask, config.temperature)
+            out["kl"].append((logprobs - ref_logprobs).sum(-1))
+        if gold is not None:
+            rows = prompt_texts[offset:offset + len(texts)]
+            out["gold"].append(torch.tensor([gold(p, t, f) for p, (t, f) in zip(rows, texts)]))
+        out["text"] += [t for t, _ in texts]
+        offset += len(texts)
+    return {k: (torch.cat(v).cpu() if k != "text" else v) for k, v in out.items() if v}
+
+
+def win_rate(a, b):
+    """P(a > b) over paired samples, ties counting half."""
+    return ((a > b).float() + 0.5 * (a == b).float()).mean().item()
+
+
+def evaluate(config):
+    """{policy name: {metric: mean}} plus the win rate of the policy over the baseline."""
+    device = training.setup(config)
+    tokenizer = models.load_tokenizer(config.policy)
+    rows = data.load_rows(config.prompts)[:config.num_prompts]
+    prompts = data.prompts(config.prompts, tokenizer, config.max_prompt_len, rows=rows)
+    texts = [r["prompt"] for r in rows]
+    reward_model = models.load_value_model(config.reward_model, tokenizer, config.dtype, device) \
+        if config.reward_model else None
+    reference_path = config.reference or config.baseline
+    reference = models.load_policy(reference_path, tokenizer, config.dtype, device) if reference_path else None
+    gold = labeler(config.labeler)
+    results = {}
+    for name, path in (("policy", config.policy), ("baseline", config.baseline)):
+        if path:
+            policy = models.load_policy(path, tokenizer, config.dtype, device)
+            results[name] = score_policy(policy, texts, prompts, tokenizer, config, device, reward_model, reference,
+                                         gold)
+    report = {name: {k: v.mean().item() for k, v in r.items() if k != "text"} for name, r in results.items()}
+    if "baseline" in results:
+        judge = "gold" if gold else "rm"
+        if judge in results["policy"]:
+            report["win_rate"] = {"judge": judge, "value": win_rate(results["policy"][judge], results["baseline"][judge])}
+    report["examples"] = [{"prompt": p, **{n: r["text"][i] for n, r in results.items()}}
+                          for i, p in enumerate(texts[:3])]
+    return report
+
+
+NAMES = {"gold": "gold score (labeler)", "rm": "reward-model score", "kl": "KL to reference (nats/seq)",
+         "length": "response length (tokens)", "eos": "EOS rate"}
+
+
+def format_report(report, policy_label="policy", baseline_label="baseline"):
+    """A plain-text table."""
+    columns = [n for n in ("baseline", "policy") if n in report]
+    labels = {"policy": policy_label, "baseline": baseline_label}
+    lines = [f"{'':28}" + "".join(f"{labels[c]:>14}" for c in columns)]
+    for key, title in NAMES.items():
+        if key in report[columns[0]]:
+            lines.append(f"{title:28}" + "".join(f"{report[c][key]:>14.3f}" for c in columns))
+    if "win_rate" in report:
+        w = report["win_rate"]
+        lines.append(f"win rate of {policy_label} over {baseline_label} ({w['judge']} judge): {100 * w['value']:.1f}%")
+    for example in report["examples"]:
+        lines.append(f"  prompt: {example['prompt']}")
+        for c in columns:
+            lines.append(f"    {labels[c]:>8}: {example[c]}")
+    return "\n".join(lines)

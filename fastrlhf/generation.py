@@ -1,0 +1,41 @@
+"""Sampling responses: left-padded prompts, a token at a time with the model's KV cache.
+
+Each row draws its token by inverse-CDF sampling from one uniform number per step. The caller
+draws the uniforms for the whole global batch from a shared seed, so a row samples the same
+tokens whatever the number of processes or the rows beside it.
+"""
+import torch
+
+from .models import positions
+
+
+def sample_token(logits, temperature, uniform):
+    """The token whose cumulative probability first exceeds `uniform` (one per row)."""
+    cdf = torch.softmax(logits.float() / temperature, dim=-1).cumsum(-1)
+    token = torch.searchsorted(cdf, (uniform * cdf[:, -1]).unsqueeze(-1)).squeeze(-1)
+    return token.clamp(max=logits.shape[-1] - 1)
+
+
+@torch.no_grad()
+def generate(model, prompt_ids, prompt_mask, uniforms, *, temperature, eos_id, pad_id, stop_early=True):
+    """Samples up to len(uniforms) tokens after left-padded prompts [B, P]; uniforms is [max_new_tokens, B].
+
+    Returns (responses [B, T], response_mask [B, T]): tokens after a row's EOS are PAD and masked out;
+    the EOS itself is in the mask. T is the longest response in the batch (len(uniforms) without stop_early:
+    FSDP ranks must all run the same number of forward passes).
+    """
+    mask = prompt_mask.long()
+    out = model(input_ids=prompt_ids, attention_mask=mask, position_ids=positions(mask), use_cache=True)
+    done = torch.zeros(prompt_ids.shape[0], dtype=torch.bool, device=prompt_ids.device)
+    tokens, alive = [], []
+    for step, uniform in enumerate(uniforms):
+        token = sample_token(out.logits[:, -1], temperature, uniform).masked_fill(done, pad_id)
+        tokens.append(token)
+        alive.append(~done)
+        done = done | (token == eos_id)
+        if (stop_early and done.all()) or step == len(uniforms) - 1:
+            break
+        mask = torch.cat([mask, alive[-1].long()[:, None]], dim=1)
+        out = model(input_ids=token[:, None], attention_mask=mask, position_ids=positions(mask)[:, -1:],
+                    past_key_values=out.past_key_values, use_cache=True)
+    return torch.stack(tokens, 1), torch.stack(alive, 1)

@@ -1,0 +1,113 @@
+"""The models: a policy is any Hugging Face causal LM; the reward model and the critic are the same
+backbone with a scalar head (AutoModelForSequenceClassification, one label), read per token.
+
+`demo` and `demo-large` name the embedded models: Llama configs in fastrlhf/demo/models.json,
+randomly initialised, with the word-level tokenizer shipped in fastrlhf/demo/tokenizer.
+"""
+import json
+from pathlib import Path
+
+import torch
+import transformers
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, LlamaConfig
+
+DEMO_DIR = Path(__file__).parent / "demo"
+DEMO_MODELS = json.loads((DEMO_DIR / "models.json").read_text())
+# transformers renamed from_pretrained's `torch_dtype` to `dtype` in 4.56.
+_DTYPE_KEY = "dtype" if tuple(int(v) for v in transformers.__version__.split(".")[:2]) >= (4, 56) else "torch_dtype"
+
+
+def load_tokenizer(name):
+    tokenizer = AutoTokenizer.from_pretrained(DEMO_DIR / "tokenizer" if name in DEMO_MODELS else name)
+    if tokenizer.eos_token_id is None:
+        raise ValueError(f"the tokenizer of {name!r} has no EOS token; responses could never end")
+    if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        # A PAD equal to EOS would make the end of a response indistinguishable from padding.
+        tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
+    return tokenizer
+
+
+def positions(attention_mask):
+    """Position ids that skip left padding, so a token has the same position however it is padded."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def last_token_index(attention_mask):
+    """Index of each row's last non-pad token (its EOS, when it has one); works for left and right padding."""
+    steps = torch.arange(1, attention_mask.shape[-1] + 1, device=attention_mask.device)
+    return (steps * attention_mask.long()).argmax(-1)
+
+
+def at_last_token(values, attention_mask):
+    """values[b, last_token_index(b)]: a sequence's reward from per-token values."""
+    return values.gather(-1, last_token_index(attention_mask)[:, None]).squeeze(-1)
+
+
+def eval_mode(model):
+    """Dropout off (PPO needs the same function at rollout and update time); gradients still flow."""
+    return model.eval()
+
+
+def _prepare(model, tokenizer):
+    if model.get_input_embeddings().num_embeddings < len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.config.eos_token_id = tokenizer.eos_token_id
+    return eval_mode(model)
+
+
+def _dtype(name):
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def load_policy(name, tokenizer, dtype="float32", device="cpu"):
+    if name in DEMO_MODELS:
+        config = LlamaConfig(**DEMO_MODELS[name], vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                             eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
+        model = AutoModelForCausalLM.from_config(config).to(_dtype(dtype))
+    else:
+        model = AutoModelForCausalLM.from_pretrained(name, **{_DTYPE_KEY: _dtype(dtype)})
+    return _prepare(model, tokenizer).to(device)
+
+
+class ValueModel(nn.Module):
+    """A backbone with a scalar head: one value per token. The reward of a sequence is the value at its
+    last non-pad token (`score`), so right padding, left padding and post-EOS padding all read the EOS."""
+
+    def __init__(self, model):
+        super().__init__()
+        if not hasattr(model, "score"):
+            raise ValueError(f"{type(model).__name__} has no `score` head; use an architecture whose "
+                             "ForSequenceClassification class names its head `score` (Llama, Qwen, Mistral, GPT-2, ...)")
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                                       position_ids=positions(attention_mask)).last_hidden_state
+        return self.model.score(hidden).squeeze(-1).float()
+
+    def score(self, input_ids, attention_mask):
+        return at_last_token(self(input_ids, attention_mask), attention_mask)
+
+    def save_pretrained(self, path, state_dict=None, **kwargs):
+        if state_dict is not None:
+            state_dict = {k.removeprefix("model."): v for k, v in state_dict.items()}
+        self.model.save_pretrained(path, state_dict=state_dict, **kwargs)
+
+
+def load_value_model(name, tokenizer, dtype="float32", device="cpu"):
+    """A reward model or critic: from a reward-model checkpoint, or a causal LM checkpoint (a freshly initialised head)."""
+    model = AutoModelForSequenceClassification.from_pretrained(name, num_labels=1, **{_DTYPE_KEY: _dtype(dtype)})
+    return ValueModel(_prepare(model, tokenizer)).to(device)
+
+
+def logits(policy, input_ids, attention_mask):
+    return policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions(attention_mask)).logits
+
+
+def save(model, tokenizer, path, state_dict=None):
+    """A Hugging Face checkpoint (safetensors) that `from_pretrained` reloads (state_dict: FSDP's gathered one)."""
+    model = getattr(model, "module", model)
+    model.save_pretrained(path, state_dict=state_dict, safe_serialization=True)
+    tokenizer.save_pretrained(path)
