@@ -27,7 +27,7 @@ def _parser():
             sub.add_argument("--preset", choices=sorted(cfg.PRESETS), default=argparse.SUPPRESS,
                              help="cpu (default) or gpu: a larger model and batches")
         cfg.add_arguments(sub, cls)
-    commands.add_parser("bench", help="benchmarks of the ops and the trainer (options: fastrlhf bench --help)")
+    commands.add_parser("bench", help="benchmarks of the ops against eager PyTorch (options: fastrlhf bench --help)")
     return parser
 
 
