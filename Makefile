@@ -8,15 +8,16 @@ JOBS ?= 2
 
 .PHONY: install test test-cpp test-python demo bench
 
-# The editable install compiles the extension (minutes): redone only when this Python cannot import it
-# or a build input changed since the last install.
+# The editable install compiles the extension (minutes): redone only when this Python does not import
+# this checkout's package and extension, or a build input changed since the last install.
 STAMP := build/installed
 BUILD_INPUTS := setup.py pyproject.toml csrc
 
 install:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install torch==2.13.0
 	@if [ -f $(STAMP) ] && [ -z "$$(find $(BUILD_INPUTS) -newer $(STAMP))" ] && \
-	    $(PYTHON) -c "import importlib.metadata as m; m.version('fastrlhf'); import fastrlhf._C" 2>/dev/null; then \
+	    $(PYTHON) -I -c "import os, sys, fastrlhf._C; sys.exit(os.path.samefile(fastrlhf.__path__[0], 'fastrlhf') - 1)" \
+	      2>/dev/null; then \
 	  echo "fastrlhf and its extension are installed and up to date"; \
 	else \
 	  $(PIP) install --quiet "setuptools>=69" wheel ninja && \

@@ -1,10 +1,12 @@
-"""Sampling responses: left-padded prompts, a token at a time with the model's KV cache.
+"""Sampling responses: left-padded prompts, a token at a time with a static KV cache (allocated once for
+prompt + max_new_tokens, written in place; the shape-stable decode step a CUDA-graph sampler captures).
 
 Each row draws its token by inverse-CDF sampling from one uniform number per step. The caller
 draws the uniforms for the whole global batch from a shared seed, so a row samples the same
 tokens whatever the number of processes or the rows beside it.
 """
 import torch
+from transformers import StaticCache
 
 from .models import positions
 
@@ -24,9 +26,17 @@ def generate(model, prompt_ids, prompt_mask, uniforms, *, temperature, eos_id, p
     the EOS itself is in the mask. T is the longest response in the batch (len(uniforms) without stop_early:
     FSDP ranks must all run the same number of forward passes).
     """
-    mask = prompt_mask.long()
-    out = model(input_ids=prompt_ids, attention_mask=mask, position_ids=positions(mask), use_cache=True)
-    done = torch.zeros(prompt_ids.shape[0], dtype=torch.bool, device=prompt_ids.device)
+    batch, prompt_len = prompt_ids.shape
+    # max_batch_size, device and dtype: read by transformers < 4.56, which allocates eagerly; later ones ignore them.
+    cache = StaticCache(config=model.config, max_cache_len=prompt_len + len(uniforms), max_batch_size=batch,
+                        device=prompt_ids.device, dtype=model.dtype)
+    # The attention mask over the whole cache, filled a column per step (causality hides the later ones).
+    mask = torch.zeros(batch, prompt_len + len(uniforms), dtype=torch.long, device=prompt_ids.device)
+    mask[:, :prompt_len] = prompt_mask
+    out = model(input_ids=prompt_ids, attention_mask=mask, position_ids=positions(mask[:, :prompt_len]),
+                past_key_values=cache, cache_position=torch.arange(prompt_len, device=prompt_ids.device),
+                use_cache=True)
+    done = torch.zeros(batch, dtype=torch.bool, device=prompt_ids.device)
     tokens, alive = [], []
     for step, uniform in enumerate(uniforms):
         token = sample_token(out.logits[:, -1], temperature, uniform).masked_fill(done, pad_id)
@@ -35,7 +45,9 @@ def generate(model, prompt_ids, prompt_mask, uniforms, *, temperature, eos_id, p
         done = done | (token == eos_id)
         if (stop_early and done.all()) or step == len(uniforms) - 1:
             break
-        mask = torch.cat([mask, alive[-1].long()[:, None]], dim=1)
-        out = model(input_ids=token[:, None], attention_mask=mask, position_ids=positions(mask)[:, -1:],
-                    past_key_values=out.past_key_values, use_cache=True)
+        column = prompt_len + step
+        mask[:, column] = alive[-1]
+        out = model(input_ids=token[:, None], attention_mask=mask,
+                    position_ids=positions(mask[:, :column + 1])[:, -1:], past_key_values=cache,
+                    cache_position=torch.arange(column, column + 1, device=mask.device), use_cache=True)
     return torch.stack(tokens, 1), torch.stack(alive, 1)

@@ -1,13 +1,13 @@
 """The reward is read at the EOS token: right padding, left padding, post-EOS padding, rows without
-EOS; generation truncates after EOS; padding never changes a logprob, a value or a score."""
-from types import SimpleNamespace
+EOS; generation truncates after EOS and its cache changes nothing; padding never changes a logprob,
+a value or a score."""
 
 import pytest
 import torch
 
 from fastrlhf import data, models, ppo
 from fastrlhf.training import ops
-from fastrlhf.generation import generate
+from fastrlhf.generation import generate, sample_token
 
 
 @pytest.fixture(scope="module")
@@ -43,29 +43,51 @@ def test_score_is_the_value_at_eos_whatever_the_padding(tokenizer, tiny):
 
 
 class Scripted(torch.nn.Module):
-    """A 'model' that emits a fixed token per row and step, and records the attention masks it is given."""
+    """A real model (filling its cache as usual) whose logits are replaced to emit a fixed token per row and
+    step; records the attention masks it is given."""
 
-    def __init__(self, script, vocab):
+    def __init__(self, model, script):
         super().__init__()
-        self.script, self.vocab, self.masks = script, vocab, []
+        self.model, self.script, self.masks = model, script, []
+        self.config, self.dtype = model.config, model.dtype
 
-    def forward(self, input_ids, attention_mask, position_ids, past_key_values=None, use_cache=True):
+    def forward(self, attention_mask, **kwargs):
         self.masks.append(attention_mask.clone())
+        out = self.model(attention_mask=attention_mask, **kwargs)
         step = len(self.masks) - 1
-        logits = torch.full((input_ids.shape[0], input_ids.shape[1], self.vocab), -1e9)
-        logits[torch.arange(input_ids.shape[0]), -1, self.script[:, step]] = 0.0
-        return SimpleNamespace(logits=logits, past_key_values=None)
+        out.logits[:] = -1e9
+        out.logits[torch.arange(out.logits.shape[0]), -1, self.script[:, step]] = 0.0
+        return out
 
 
-def test_generation_truncates_after_eos_and_masks_the_rest(tokenizer):
+def test_generation_truncates_after_eos_and_masks_the_rest(tokenizer, tiny):
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    model = Scripted(torch.tensor([[5, eos, 7, 8], [5, 6, 7, 8]]), len(tokenizer))
+    model = Scripted(tiny[0], torch.tensor([[5, eos, 7, 8], [5, 6, 7, 8]]))
     prompt_ids, prompt_mask = data.pad([[3, 4, 9], [3, 4]], pad, "left")
     responses, mask = generate(model, prompt_ids, prompt_mask, torch.rand(4, 2), temperature=0.7, eos_id=eos,
                                pad_id=pad)
     assert responses.tolist() == [[5, eos, pad, pad], [5, 6, 7, 8]]
     assert mask.tolist() == [[True, True, False, False], [True] * 4]
-    assert model.masks[-1][0, -2:].tolist() == [1, 0]  # EOS attended to, the PAD after it not
+    assert model.masks[-1][0, 4:6].tolist() == [1, 0]  # EOS attended to, the PAD after it not
+
+
+def test_cached_decode_matches_recomputing_the_prefix(tokenizer, tiny):
+    """The static-cache decode samples what a decode without cache samples, left padding included."""
+    policy, eos, pad = tiny[0], tokenizer.eos_token_id, tokenizer.pad_token_id
+    prompt_ids, prompt_mask = data.pad([[3, 4, 9, 10], [3, 4], [5]], pad, "left")
+    uniforms = torch.rand(12, 3)
+    seq, seq_mask, done, tokens = prompt_ids, prompt_mask.long(), torch.zeros(3, dtype=torch.bool), []
+    with torch.no_grad():
+        responses, response_mask = generate(policy, prompt_ids, prompt_mask, uniforms, temperature=0.9, eos_id=eos,
+                                            pad_id=pad, stop_early=False)
+        for uniform in uniforms:
+            logits = models.logits(policy, seq, seq_mask)[:, -1]
+            token = sample_token(logits, 0.9, uniform).masked_fill(done, pad)
+            tokens.append(token)
+            seq, seq_mask = torch.cat([seq, token[:, None]], 1), torch.cat([seq_mask, (~done).long()[:, None]], 1)
+            done = done | (token == eos)
+    assert responses.tolist() == torch.stack(tokens, 1).tolist()
+    assert response_mask.tolist() == seq_mask[:, prompt_ids.shape[1]:].bool().tolist()
 
 
 def test_kl_shaped_rewards_put_the_score_on_eos_not_pad():
