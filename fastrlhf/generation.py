@@ -36,6 +36,7 @@ def generate(model, prompt_ids, prompt_mask, uniforms, *, temperature, eos_id, p
     out = model(input_ids=prompt_ids, attention_mask=mask, position_ids=positions(mask[:, :prompt_len]),
                 past_key_values=cache, cache_position=torch.arange(prompt_len, device=prompt_ids.device),
                 use_cache=True)
+    length = mask.sum(-1)  # tokens each row attends to: its newest one sits at position length - 1
     done = torch.zeros(batch, dtype=torch.bool, device=prompt_ids.device)
     tokens, alive = [], []
     for step, uniform in enumerate(uniforms):
@@ -47,7 +48,8 @@ def generate(model, prompt_ids, prompt_mask, uniforms, *, temperature, eos_id, p
             break
         column = prompt_len + step
         mask[:, column] = alive[-1]
-        out = model(input_ids=token[:, None], attention_mask=mask,
-                    position_ids=positions(mask[:, :column + 1])[:, -1:], past_key_values=cache,
-                    cache_position=torch.arange(column, column + 1, device=mask.device), use_cache=True)
+        length += alive[-1]
+        out = model(input_ids=token[:, None], attention_mask=mask, position_ids=(length - 1).clamp(min=0)[:, None],
+                    past_key_values=cache, cache_position=torch.arange(column, column + 1, device=mask.device),
+                    use_cache=True)
     return torch.stack(tokens, 1), torch.stack(alive, 1)

@@ -7,7 +7,7 @@ import torch
 
 from fastrlhf import data, models, ppo
 from fastrlhf.training import ops
-from fastrlhf.generation import generate, sample_token
+from fastrlhf.generation import generate
 
 
 @pytest.fixture(scope="module")
@@ -42,27 +42,29 @@ def test_score_is_the_value_at_eos_whatever_the_padding(tokenizer, tiny):
     torch.testing.assert_close(left, right, atol=1e-5, rtol=1e-5)
 
 
-class Scripted(torch.nn.Module):
-    """A real model (filling its cache as usual) whose logits are replaced to emit a fixed token per row and
-    step; records the attention masks it is given."""
+class Recorded(torch.nn.Module):
+    """A real model (filling its cache as usual) that records the attention masks it is given and the logits
+    it returns for the next token; with a script, those logits are replaced to emit a fixed token per row
+    and step."""
 
-    def __init__(self, model, script):
+    def __init__(self, model, script=None):
         super().__init__()
-        self.model, self.script, self.masks = model, script, []
+        self.model, self.script, self.masks, self.logits = model, script, [], []
         self.config, self.dtype = model.config, model.dtype
 
     def forward(self, attention_mask, **kwargs):
         self.masks.append(attention_mask.clone())
         out = self.model(attention_mask=attention_mask, **kwargs)
-        step = len(self.masks) - 1
-        out.logits[:] = -1e9
-        out.logits[torch.arange(out.logits.shape[0]), -1, self.script[:, step]] = 0.0
+        if self.script is not None:
+            out.logits[:] = -1e9
+            out.logits[torch.arange(out.logits.shape[0]), -1, self.script[:, len(self.masks) - 1]] = 0.0
+        self.logits.append(out.logits[:, -1].clone())
         return out
 
 
 def test_generation_truncates_after_eos_and_masks_the_rest(tokenizer, tiny):
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    model = Scripted(tiny[0], torch.tensor([[5, eos, 7, 8], [5, 6, 7, 8]]))
+    model = Recorded(tiny[0], torch.tensor([[5, eos, 7, 8], [5, 6, 7, 8]]))
     prompt_ids, prompt_mask = data.pad([[3, 4, 9], [3, 4]], pad, "left")
     responses, mask = generate(model, prompt_ids, prompt_mask, torch.rand(4, 2), temperature=0.7, eos_id=eos,
                                pad_id=pad)
@@ -71,23 +73,18 @@ def test_generation_truncates_after_eos_and_masks_the_rest(tokenizer, tiny):
     assert model.masks[-1][0, 4:6].tolist() == [1, 0]  # EOS attended to, the PAD after it not
 
 
-def test_cached_decode_matches_recomputing_the_prefix(tokenizer, tiny):
-    """The static-cache decode samples what a decode without cache samples, left padding included."""
-    policy, eos, pad = tiny[0], tokenizer.eos_token_id, tokenizer.pad_token_id
+def test_cached_decode_matches_the_uncached_forward(tokenizer, tiny):
+    """Each step's logits from the static cache are those of one forward pass over the whole sequence,
+    left padding included (positions and masks right)."""
+    model, pad = Recorded(tiny[0]), tokenizer.pad_token_id
     prompt_ids, prompt_mask = data.pad([[3, 4, 9, 10], [3, 4], [5]], pad, "left")
-    uniforms = torch.rand(12, 3)
-    seq, seq_mask, done, tokens = prompt_ids, prompt_mask.long(), torch.zeros(3, dtype=torch.bool), []
     with torch.no_grad():
-        responses, response_mask = generate(policy, prompt_ids, prompt_mask, uniforms, temperature=0.9, eos_id=eos,
-                                            pad_id=pad, stop_early=False)
-        for uniform in uniforms:
-            logits = models.logits(policy, seq, seq_mask)[:, -1]
-            token = sample_token(logits, 0.9, uniform).masked_fill(done, pad)
-            tokens.append(token)
-            seq, seq_mask = torch.cat([seq, token[:, None]], 1), torch.cat([seq_mask, (~done).long()[:, None]], 1)
-            done = done | (token == eos)
-    assert responses.tolist() == torch.stack(tokens, 1).tolist()
-    assert response_mask.tolist() == seq_mask[:, prompt_ids.shape[1]:].bool().tolist()
+        responses, response_mask = generate(model, prompt_ids, prompt_mask, torch.rand(12, 3), temperature=0.9,
+                                            eos_id=tokenizer.eos_token_id, pad_id=pad, stop_early=False)
+        ids, mask = torch.cat([prompt_ids, responses], 1), torch.cat([prompt_mask, response_mask], 1)
+        expected = models.logits(tiny[0], ids, mask)[:, prompt_ids.shape[1] - 1:-1]
+    torch.testing.assert_close(torch.stack(model.logits, 1)[response_mask], expected[response_mask],
+                               atol=1e-5, rtol=1e-5)
 
 
 def test_kl_shaped_rewards_put_the_score_on_eos_not_pad():
