@@ -77,8 +77,8 @@ def evaluate(model, pairs, pad_id, device, batch_size=256, margins=None, seed=0)
 def format_metrics(metrics, what="held-out pairs"):
     """Lines for a report."""
     auc = "-" if metrics["roc_auc"] is None else f"{metrics['roc_auc']:.3f}"
-    lines = [f"reward model on {metrics['pairs']} {what}: accuracy {100 * metrics['accuracy']:.1f}%; as "
-             f"\"is the first preferred?\" (pairs in random order, yes when sigmoid(r1 - r2) > 0.5): precision "
+    lines = [f"reward model on {metrics['pairs']} {what}: accuracy {100 * metrics['accuracy']:.1f}%",
+             f"  is the first preferred? (pairs in random order; yes when sigmoid(r1 - r2) > 0.5): precision "
              f"{metrics['precision']:.3f}, recall {metrics['recall']:.3f}, F1 {metrics['f1']:.3f}, ROC AUC {auc}"]
     if "accuracy_by_margin" in metrics:
         lines.append("  accuracy by rank margin: " + ", ".join(

@@ -3,6 +3,7 @@ import argparse
 import ipaddress
 import json
 import os
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -161,6 +162,6 @@ def main(argv=None):
     from ..data import DataError
     try:
         return run(args)
-    except (UsageError, DataError, OSError) as error:
+    except (UsageError, DataError, OSError, sqlite3.Error) as error:
         print(f"fastrlhf annotate {args.command}: {error}", file=sys.stderr)
         sys.exit(2)

@@ -71,6 +71,11 @@ class Rejected(ValueError):
         self.status = status
 
 
+def prompt_key(prompt):
+    """How a prompt (a string or chat messages) is stored: its JSON, the key that makes it unique."""
+    return json.dumps(prompt, ensure_ascii=False)
+
+
 def prompt_text(prompt):
     """What the page shows for a prompt: the string, or chat messages one per line."""
     if isinstance(prompt, str):
@@ -125,7 +130,7 @@ class Store:
 
     @staticmethod
     def _prompt_id(conn, prompt):
-        key = json.dumps(prompt, ensure_ascii=False)
+        key = prompt_key(prompt)
         conn.execute("INSERT OR IGNORE INTO prompts (prompt) VALUES (?)", (key,))
         return conn.execute("SELECT id FROM prompts WHERE prompt = ?", (key,)).fetchone()[0]
 

@@ -1,7 +1,6 @@
 """The responses annotators judge: K per prompt from the policy, or mixed from two policy versions
 (--policy2, the arena's side by side), sampled in a background thread a batch of prompts at a time so
 the first items are up in seconds, and on request for the red-team page."""
-import json
 import sys
 import threading
 from dataclasses import dataclass
@@ -9,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import evaluate, models
+from .db import prompt_key
 
 
 @dataclass
@@ -69,7 +69,7 @@ class BackgroundSampler(threading.Thread):
         try:
             sampled, todo = self.store.sampled_prompts(), {}
             for index, (prompt, ids) in enumerate(self.prompts):
-                key = json.dumps(prompt, ensure_ascii=False)
+                key = prompt_key(prompt)
                 if key not in sampled and key not in todo:
                     todo[key] = (index, prompt, ids)
             todo = list(todo.values())
