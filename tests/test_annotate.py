@@ -310,6 +310,8 @@ ARGILLA = [  # a record as Argilla's FeedbackDataset writes it, and a row of its
     {"prompt": "review : bed", "reply_1": "the bed was fine .", "reply_2": "the bed was superb .",
      "reply-ranking": [{"user_id": "u1", "status": "submitted",
                         "value": [{"value": "reply_1", "rank": 2}, {"value": "reply_2", "rank": 1}]}]},
+    {"fields": {"prompt": "review : pool", "reply_1": "the pool was dull .", "reply_2": "the pool was great ."},
+     "responses": {"reply-ranking": [{"user_id": "u2", "status": "submitted", "value": ["reply_2", "reply_1"]}]}},
 ]
 
 
@@ -333,11 +335,12 @@ def test_argilla_import_and_cli(tmp_path, capsys):
     path = tmp_path / "argilla.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in ARGILLA))
     assert annotate_cli.main(["import", str(path), "--db", str(tmp_path / "f.sqlite"), "--format", "argilla"]) == 0
-    assert "2 items, 2 new judgements" in capsys.readouterr().out
+    assert "3 items, 3 new judgements" in capsys.readouterr().out
     rows = export.preference_rows(db.Store(tmp_path / "f.sqlite"))
     assert [(r["responses"], r["ranking"], r["annotator"]) for r in rows] == [
         (["the food was great .", XSS[2], "the food was awful ."], [2, 1, 2], "argilla:u1"),  # the discarded one is not
-        (["the bed was fine .", "the bed was superb ."], [2, 1], "argilla:u1")]
+        (["the bed was fine .", "the bed was superb ."], [2, 1], "argilla:u1"),
+        (["the pool was dull .", "the pool was great ."], [2, 1], "argilla:u2")]  # options listed best first
     assert annotate_cli.main(["stats", "--db", str(tmp_path / "f.sqlite"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["annotators"]["argilla:u1"]["ranked"] == 2
 

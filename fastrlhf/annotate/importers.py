@@ -124,7 +124,7 @@ def argilla(rows, question=None, prompt_field="prompt"):
     for n, row in enumerate(rows, 1):
         where = f"Argilla record {row.get('id', row.get('external_id', n))}"
         fields = row.get("fields", row)
-        name = question or _ranking_question(row)
+        name = question or _ranking_question(row, fields)
         if name is None:
             raise DataError(f"{where}: no ranking question found (set --question)")
         if not isinstance(fields.get(prompt_field), (str, list)):
@@ -146,11 +146,11 @@ def argilla(rows, question=None, prompt_field="prompt"):
     return records
 
 
-def _ranking_question(row):
-    """The question whose responses look like rankings ([{"value", "rank"}, ...])."""
+def _ranking_question(row, fields):
+    """The one question whose responses look like rankings of the record's fields."""
     def is_ranking(value):
-        return isinstance(value, list) and value and all(isinstance(v, dict) and {"value", "rank"} <= set(v)
-                                                         for v in value)
+        names = [v.get("value") if isinstance(v, dict) else v for v in value] if isinstance(value, list) else []
+        return len(names) > 1 and all(isinstance(fields.get(name), str) for name in names)
     candidates = set()
     for r in row.get("responses", []) if isinstance(row.get("responses"), list) else []:
         candidates |= {q for q, v in r.get("values", {}).items() if is_ranking(v.get("value"))}
@@ -159,4 +159,3 @@ def _ranking_question(row):
         if isinstance(value, list) and any(isinstance(r, dict) and is_ranking(r.get("value")) for r in value):
             candidates.add(key)
     return candidates.pop() if len(candidates) == 1 else None
-
