@@ -6,7 +6,7 @@ PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 JOBS ?= 2
 
-.PHONY: install test test-cpp test-python demo bench
+.PHONY: install browser test test-cpp test-python demo bench
 
 # The editable install compiles the extension (minutes): redone only when this Python does not import
 # this checkout's package and extension, or a build input changed since the last install.
@@ -25,12 +25,24 @@ install:
 	  mkdir -p build && touch $(STAMP); \
 	fi
 
+# Headless Chromium (Debian's package) for the browser tests of `fastrlhf annotate`; where it cannot be
+# installed (no apt-get, no root) those tests are skipped and say why.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
+browser:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  $(SUDO) apt-get install -y -qq chromium >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "chromium could not be installed: the browser tests will be skipped"; \
+	else echo "no apt-get to install chromium: the browser tests will be skipped"; fi
+
 test-cpp:
 	cmake -S . -B build/cmake -DFASTRLHF_SANITIZE=ON
 	cmake --build build/cmake -j $(JOBS)
 	ctest --test-dir build/cmake --output-on-failure
 
-test-python: install
+test-python: install browser
 	$(PYTHON) -m pytest tests
 
 test: test-cpp test-python

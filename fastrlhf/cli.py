@@ -1,4 +1,4 @@
-"""The `fastrlhf` command: sft, rm, ppo, pipeline, demo, eval, bench. `fastrlhf <command> --help`
+"""The `fastrlhf` command: sft, rm, ppo, pipeline, demo, eval, bench, annotate. `fastrlhf <command> --help`
 lists every option; `--config file.yaml` and `--key value` flags override the defaults."""
 import argparse
 import json
@@ -28,6 +28,8 @@ def _parser():
                              help="cpu (default) or gpu: a larger model and batches")
         cfg.add_arguments(sub, cls)
     commands.add_parser("bench", help="benchmarks of the ops against eager PyTorch (options: fastrlhf bench --help)")
+    commands.add_parser("annotate", help="collect human feedback: ranking and red-team pages, export for rm "
+                                         "(fastrlhf annotate --help)")
     return parser
 
 
@@ -61,6 +63,9 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:
         return _bench(argv[1:])
+    if argv[:1] == ["annotate"]:
+        from .annotate.cli import main as annotate
+        return annotate(argv[1:])
     args = _parser().parse_args(argv)
     command = args.__dict__.pop("command")
     try:

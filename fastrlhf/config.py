@@ -100,10 +100,12 @@ class PPOConfig(Training):
 
 @dataclass
 class EvalConfig(Common):
-    policy: str = option("", "policy A to evaluate")
+    policy: str = option("", "policy A to evaluate (optional with --reward_model and --preferences)")
     baseline: str = option("", "policy B for the win rate of A over B (optional)")
     reward_model: str = option("", "reward model that scores the responses (optional)")
     reference: str = option("", "reference policy for the KL (optional; default: the baseline)")
+    preferences: str = option("", "held-out preference rows: the reward model's accuracy, precision, recall, F1, "
+                                  "ROC AUC (optional; truncated to max_prompt_len + max_new_tokens)")
     prompts: str = option("", "prompt rows {prompt}: file or hub name")
     labeler: str = option("", "gold labeler: demo (the embedded task's) or empty for none")
     num_prompts: int = option(256, "prompts evaluated (the first N)")

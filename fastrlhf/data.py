@@ -80,14 +80,26 @@ def _prompt(value, source, row):
     return _messages(value, source, row, "prompt") if isinstance(value, list) else _text(value, source, row, "prompt")
 
 
-def ranking_pairs(responses, ranking):
-    """(chosen, rejected) pairs of a ranking (rank 1 = best), as InstructGPT: K responses give K(K-1)/2 pairs."""
-    pairs = []
-    for i, j in itertools.combinations(range(len(responses)), 2):
+def _ranked_pairs(ranking):
+    """(better, worse) indices of a ranking's untied pairs (rank 1 = best), as InstructGPT: K responses give
+    K(K-1)/2 pairs."""
+    for i, j in itertools.combinations(range(len(ranking)), 2):
         if ranking[i] != ranking[j]:
-            better, worse = (i, j) if ranking[i] < ranking[j] else (j, i)
-            pairs.append((responses[better], responses[worse]))
-    return pairs
+            yield (i, j) if ranking[i] < ranking[j] else (j, i)
+
+
+def ranking_pairs(responses, ranking):
+    """(chosen, rejected) pairs of a ranking."""
+    return [(responses[better], responses[worse]) for better, worse in _ranked_pairs(ranking)]
+
+
+def pair_margins(rows):
+    """The rank difference of each pair `preference_pairs` makes of the same rows, in its order (None for
+    {chosen, rejected} rows)."""
+    if _format(rows, PREFERENCE_FORMATS, "rows", "preference")[1] == "chosen":
+        return [None] * len(rows)
+    return [row["ranking"][worse] - row["ranking"][better] for row in rows
+            for better, worse in _ranked_pairs(row["ranking"])]
 
 
 def _ranking(row, source, i):

@@ -1,8 +1,10 @@
 """Scoring policies on prompts: reward-model score, gold score (where a labeler exists), KL to a
-reference, response length and EOS rate, and the win rate of policy A over policy B."""
+reference, response length and EOS rate, and the win rate of policy A over policy B; and scoring a
+reward model on preference rows (reward_model.pair_metrics)."""
 import torch
 
 from . import data, models, training
+from . import reward_model as rm
 from .generation import generate
 from .ppo import response_logprobs
 
@@ -77,14 +79,30 @@ def win_rate(a, b):
 
 
 def evaluate(config):
-    """{policy name: {metric: mean}} plus the win rate of the policy over the baseline."""
+    """{policy name: {metric: mean}} plus the win rate of the policy over the baseline, and the reward
+    model's metrics on preference rows when given."""
     device = training.setup(config)
-    tokenizer = models.load_tokenizer(config.policy)
+    if not (config.policy or (config.reward_model and config.preferences)):
+        raise data.DataError("give --policy, or --reward_model with --preferences")
+    if config.preferences and not config.reward_model:
+        raise data.DataError("--preferences needs a --reward_model to score them")
+    tokenizer = models.load_tokenizer(config.policy or config.reward_model)
+    reward_model = models.load_value_model(config.reward_model, tokenizer, config.dtype, device) \
+        if config.reward_model else None
+    report = _score_policies(config, tokenizer, reward_model, device) if config.policy else {}
+    if config.preferences:
+        rows = data.load_rows(config.preferences)
+        pairs = data.preference_pairs(config.preferences, tokenizer, config.max_prompt_len + config.max_new_tokens,
+                                      rows=rows)
+        report["reward_model"] = rm.evaluate(reward_model, pairs, tokenizer.pad_token_id, device,
+                                             margins=data.pair_margins(rows), seed=config.seed)
+    return report
+
+
+def _score_policies(config, tokenizer, reward_model, device):
     rows = data.load_rows(config.prompts)[:config.num_prompts]
     prompts = data.prompts(config.prompts, tokenizer, config.max_prompt_len, rows=rows)
     texts = [r["prompt"] for r in rows]
-    reward_model = models.load_value_model(config.reward_model, tokenizer, config.dtype, device) \
-        if config.reward_model else None
     reference_path = config.reference or config.baseline
     reference = models.load_policy(reference_path, tokenizer, config.dtype, device) if reference_path else None
     gold = labeler(config.labeler)
@@ -110,16 +128,18 @@ NAMES = {"gold": "gold score (labeler)", "rm": "reward-model score", "kl": "KL t
 
 def format_report(report, policy_label="policy", baseline_label="baseline"):
     """A plain-text table."""
+    lines = [rm.format_metrics(report["reward_model"])] if "reward_model" in report else []
     columns = [n for n in ("baseline", "policy") if n in report]
     labels = {"policy": policy_label, "baseline": baseline_label}
-    lines = [f"{'':28}" + "".join(f"{labels[c]:>14}" for c in columns)]
-    for key, title in NAMES.items():
-        if key in report[columns[0]]:
-            lines.append(f"{title:28}" + "".join(f"{report[c][key]:>14.3f}" for c in columns))
+    if columns:
+        lines.append(f"{'':28}" + "".join(f"{labels[c]:>14}" for c in columns))
+        for key, title in NAMES.items():
+            if key in report[columns[0]]:
+                lines.append(f"{title:28}" + "".join(f"{report[c][key]:>14.3f}" for c in columns))
     if "win_rate" in report:
         w = report["win_rate"]
         lines.append(f"win rate of {policy_label} over {baseline_label} ({w['judge']} judge): {100 * w['value']:.1f}%")
-    for example in report["examples"]:
+    for example in report.get("examples", []):
         lines.append(f"  prompt: {example['prompt']}")
         for c in columns:
             lines.append(f"    {labels[c]:>8}: {example[c]}")

@@ -98,9 +98,7 @@ def demo(config):
 
 
 def format_demo_report(report, n_heldout):
-    rm = report["reward_model"]
     lines = [f"fastrlhf demo: final report on {n_heldout} held-out prompts",
-             f"reward model on held-out pairs: accuracy {100 * rm['accuracy']:.1f}%, AUC {rm['auc']:.3f}",
              evaluate.format_report(report, "PPO", "SFT"),
              f"wall time {report['wall_seconds'] / 60:.1f} min (torch threads: {torch.get_num_threads()})"]
     return "\n".join(lines)

@@ -19,7 +19,7 @@ def demo(tmp_path_factory):
 
 def test_reduced_demo_aligns(demo):
     _, report = demo
-    assert report["reward_model"]["accuracy"] > 0.6 and report["reward_model"]["auc"] > 0.55
+    assert report["reward_model"]["accuracy"] > 0.6 and report["reward_model"]["roc_auc"] > 0.55
     assert report["policy"]["gold"] > report["baseline"]["gold"] + 0.2
     assert report["win_rate"]["judge"] == "gold" and report["win_rate"]["value"] > 0.6
     assert 0 < report["policy"]["kl"] < 20
