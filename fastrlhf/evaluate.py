@@ -3,6 +3,7 @@ reference, response length and EOS rate, and the win rate of policy A over polic
 import torch
 
 from . import data, models, training
+from .config import check
 from .generation import generate
 from .ppo import response_logprobs
 
@@ -78,7 +79,7 @@ def win_rate(a, b):
 
 def evaluate(config):
     """{policy name: {metric: mean}} plus the win rate of the policy over the baseline."""
-    device = training.setup(config)
+    device = training.setup(check(config))
     tokenizer = models.load_tokenizer(config.policy)
     rows = data.load_rows(config.prompts)[:config.num_prompts]
     prompts = data.prompts(config.prompts, tokenizer, config.max_prompt_len, rows=rows)

@@ -1,0 +1,52 @@
+"""Errors the user can act on, and the exit codes of the `fastrlhf` command.
+
+The command prints such an error as one line on stderr and exits with its code; anything else is an
+internal error (a bug): a traceback and exit code 1. FASTRLHF_DEBUG=1 prints the traceback in every case.
+  0  done                       2  bad input or environment (option, config or data file, model path,
+  1  internal error                 run directory in use, full disk): nothing was trained or saved since
+  3  stopped by the guard           the last checkpoint
+"""
+import contextlib
+import errno
+
+
+class UserError(Exception):
+    """Something the user can fix (the message says what and where)."""
+    exit_code = 2
+
+
+class ConfigError(UserError, ValueError):
+    """A bad option: the message names the option, its value and where it was set."""
+
+
+class DiskFull(UserError):
+    """A write failed because the device is full."""
+
+
+class Stopped(UserError):
+    """The guard stopped a diverging run; the message says which checkpoint, if any, is left."""
+    exit_code = 3
+
+
+def disk_full(error):
+    """Whether `error`, or one it was raised from, is a full device (torch.save and safetensors wrap the OSError)."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(error) or "os error 28" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+@contextlib.contextmanager
+def writing(path, then=""):
+    """Turns a write that fails on a full device into DiskFull naming `path` (and what to do `then`)."""
+    try:
+        yield
+    except DiskFull:
+        raise
+    except Exception as error:
+        if not disk_full(error):
+            raise
+        raise DiskFull(f"no space left on the device while writing {path}{then}") from error
