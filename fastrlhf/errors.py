@@ -1,10 +1,12 @@
 """Errors the user can act on, and the exit codes of the `fastrlhf` command.
 
 The command prints such an error as one line on stderr and exits with its code; anything else is an
-internal error (a bug): a traceback and exit code 1. FASTRLHF_DEBUG=1 prints the traceback in every case.
-  0  done                       2  bad input or environment (option, config or data file, model path,
-  1  internal error                 run directory in use, full disk): nothing was trained or saved since
-  3  stopped by the guard           the last checkpoint
+internal error (a bug): its traceback, exit code 1. FASTRLHF_DEBUG=1 prints the traceback in every case.
+  0  done
+  1  internal error
+  2  bad input or environment: an option, a config or data file, a model path, a run directory in use,
+     a full disk (nothing is written to `final`)
+  3  the guard stopped a diverging run
 """
 import contextlib
 import errno
@@ -33,7 +35,7 @@ def disk_full(error):
     while error is not None:
         if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
             return True
-        if "No space left on device" in str(error) or "os error 28" in str(error):
+        if "No space left on device" in str(error):
             return True
         error = error.__cause__ or error.__context__
     return False

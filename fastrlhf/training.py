@@ -244,6 +244,7 @@ class Loop:
             yield step
 
     def end_step(self, step, values, trained, tokenizer):
+        """Logs the step's metrics; writes a checkpoint of the `trained` models when one is due."""
         self.log.log(step, {**values, "skipped": self.guard.skipped, "lr": self.lr})
         every = self.config.save_every
         # No checkpoint during a run of skipped updates: the newest one stays from before them.
