@@ -58,9 +58,11 @@ FILE_SUFFIXES = {".jsonl", ".json", ".csv", ".parquet", ".txt", ".tsv", ".yaml",
 
 
 def is_local(name):
-    """Whether `name` can only mean a local path (not a Hugging Face hub id such as `org/model`)."""
-    return (Path(name).expanduser().exists() or name.startswith(("/", "./", "../", "~")) or "\\" in name
-            or name.count("/") > 1 or Path(name).suffix.lower() in FILE_SUFFIXES)
+    """Whether `name` means a local path rather than a Hugging Face hub id such as `org/model` (as for
+    transformers, an `org` directory here makes `org/model` local)."""
+    path = Path(name).expanduser()
+    return (path.exists() or name.startswith(("/", "./", "../", "~")) or "\\" in name or name.count("/") > 1
+            or path.suffix.lower() in FILE_SUFFIXES or (path.parent != Path(".") and path.parent.is_dir()))
 
 
 def source(required):

@@ -234,6 +234,8 @@ DATA = [
 
 MODELS = [
     ("model-missing-dir", SFT + ["--model", "./no/such/model"], {}, ["model='./no/such/model'", "no such file"]),
+    ("model-relative-path-missing", SFT + ["--model", "tests/no-such-model"], {},
+     ["model='tests/no-such-model'", "no such file"]),
     ("model-dir-without-config", SFT + ["--model", "{d}/m"], {"m/weights.bin": ""}, ["m: not a Hugging Face model",
                                                                                      "config.json"]),
     ("model-is-a-file", RM + ["--model", "{w}/prompts.jsonl"], {}, ["prompts.jsonl: a file"]),

@@ -19,19 +19,15 @@ def paths(tmp_path_factory):
     return tiny_run.make(tmp_path_factory.mktemp("tiny"), n_prompts=16)
 
 
-def flags(options):
-    return [x for key, value in options.items() for x in (f"--{key}", str(value))]
-
-
 def sft_args(paths, output_dir, **options):
     data = Path(paths["policy"]).parent / "sft.jsonl"
-    return ["sft", *flags({"data": data, "output_dir": output_dir, "run": "r", "device": "cpu", "batch_size": 2,
-                           "steps": 4, "warmup_steps": 0, **options})]
+    return ["sft", *tiny_run.flags({"data": data, "output_dir": output_dir, "run": "r", "device": "cpu",
+                                    "batch_size": 2, "steps": 4, "warmup_steps": 0, **options})]
 
 
 def ppo_args(paths, output_dir, **options):
-    return ["ppo", *flags({**tiny_run.PPO, **paths, "output_dir": output_dir, "run": "r", "steps": 3,
-                           "ppo_epochs": 1, "max_new_tokens": 6, **options})]
+    return ["ppo", *tiny_run.ppo_args(paths, output_dir, "r", **{"steps": 3, "ppo_epochs": 1, "max_new_tokens": 6,
+                                                                 **options})]
 
 
 def run(capsys, argv):

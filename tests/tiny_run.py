@@ -32,9 +32,13 @@ PPO = {"steps": 6, "batch_size": 8, "num_minibatches": 2, "ppo_epochs": 2, "max_
        "kl_target": 1.0, "device": "cpu"}
 
 
-def ppo_args(paths, output_dir, run, **overrides):
-    options = {**PPO, **paths, "output_dir": str(output_dir), "run": run, **overrides}
+def flags(options):
+    """--key value for each option."""
     return [x for key, value in options.items() for x in (f"--{key}", str(value))]
+
+
+def ppo_args(paths, output_dir, run, **overrides):
+    return flags({**PPO, **paths, "output_dir": str(output_dir), "run": run, **overrides})
 
 
 def env():
