@@ -1,10 +1,15 @@
 """The `fastrlhf` command: sft, rm, ppo, pipeline, demo, eval, bench, annotate. `fastrlhf <command> --help`
-lists every option; `--config file.yaml` and `--key value` flags override the defaults."""
+lists every option; `--config file.yaml` and `--key value` flags override the defaults.
+
+Exit codes: 0 done; 2 bad input or environment (the message, one line, names the culprit); 3 a run
+stopped by the guard; 1 an internal error (a traceback). FASTRLHF_DEBUG=1 prints tracebacks always."""
 import argparse
-import json
+import os
 import sys
+import traceback
 
 from . import config as cfg
+from .errors import ArgumentParser, UserError, disk_full
 
 COMMANDS = {
     "sft": (cfg.SFTConfig, "supervised fine-tuning of a causal LM on demonstrations"),
@@ -17,8 +22,8 @@ COMMANDS = {
 
 
 def _parser():
-    parser = argparse.ArgumentParser(prog="fastrlhf", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="command")
+    parser = ArgumentParser(prog="fastrlhf", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="command", parser_class=ArgumentParser)
     for name, (cls, help) in COMMANDS.items():
         sub = commands.add_parser(name, help=help, description=help,
                                   usage=f"fastrlhf {name} [--config FILE] [--key value ...]")
@@ -44,12 +49,8 @@ def _bench(argv):
 
 def run(command, config):
     from . import evaluate, pipeline, ppo, reward_model, sft
-    if command == "sft":
-        return sft.train(config)
-    if command == "rm":
-        return reward_model.train(config)[1]
-    if command == "ppo":
-        return ppo.train(config)
+    if command in ("sft", "rm", "ppo"):
+        return {"sft": sft, "rm": reward_model, "ppo": ppo}[command].train(config)
     if command == "pipeline":
         return pipeline.pipeline(config)
     if command == "demo":
@@ -59,8 +60,7 @@ def run(command, config):
     return report
 
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
+def _main(argv):
     if argv[:1] == ["bench"]:
         return _bench(argv[1:])
     if argv[:1] == ["annotate"]:
@@ -68,22 +68,34 @@ def main(argv=None):
         return annotate(argv[1:])
     args = _parser().parse_args(argv)
     command = args.__dict__.pop("command")
-    try:
-        config = cfg.build(COMMANDS[command][0], args)
-    except (ValueError, OSError) as error:
-        sys.exit(f"fastrlhf {command}: {error}")
+    config = cfg.build(COMMANDS[command][0], args)  # every option checked before anything heavy is imported
     import datasets
     import transformers
     transformers.logging.set_verbosity_error()  # "newly initialised weights": the reward head, on purpose
     transformers.logging.disable_progress_bar()
     datasets.disable_progress_bars()
-    from . import data, distributed
+    from . import distributed
     try:
-        result = run(command, config)
-    except data.DataError as error:
-        sys.exit(f"fastrlhf {command}: {error}")
+        run(command, config)
     finally:
         distributed.shutdown()
-    if command in ("sft", "ppo", "rm"):
-        print(json.dumps(result, indent=2, default=str))
     return 0
+
+
+def main(argv=None):
+    """Runs a command. A UserError (or a full disk) is printed as one line and exits with its code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    name = f"fastrlhf {argv[0]}" if argv and not argv[0].startswith("-") else "fastrlhf"
+    try:
+        return _main(argv)
+    except Exception as error:
+        if not isinstance(error, UserError) and not disk_full(error):
+            raise  # an internal error: the traceback is the report
+        if os.environ.get("FASTRLHF_DEBUG") == "1":
+            traceback.print_exc()
+        message = str(error) if isinstance(error, UserError) else f"no space left on the device: {error}"
+        print(f"{name}: error: {' '.join(message.split())}", file=sys.stderr)
+        sys.exit(getattr(error, "exit_code", 2))
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted", file=sys.stderr)
+        sys.exit(130)

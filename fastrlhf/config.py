@@ -2,117 +2,229 @@
 
 Values come from the dataclass defaults, then a preset (`--preset`), then a YAML/JSON file (`--config`),
 then `--key value` flags; nested sections are `--sft.lr 1e-3` on the command line and `sft: {lr: 1e-3}`
-in a file.
+in a file. Whatever its source, every value passes through `check`: converted to its field's type (a
+string such as "1e-3" or "false" is read the way a flag is; any other mismatch is an error), checked
+against the field's range, then against the other fields. An error names the option, its value and
+where it was set.
 """
 import argparse
 import dataclasses
 import json
+import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from .errors import ConfigError
 
-def option(default, help):
-    return field(default=default, metadata={"help": help})
+
+def option(default, help, check=None):
+    """A field: its default, its --help line, and `check(value)`, which says what is wrong or returns None."""
+    return field(default=default, metadata={"help": help, "check": check})
 
 
 def redefault(cls, name, default):
-    """The option `name` of `cls` with another default (and the same help)."""
-    return option(default, cls.__dataclass_fields__[name].metadata["help"])
+    """The option `name` of `cls` with another default (same help and check)."""
+    return field(default=default, metadata=cls.__dataclass_fields__[name].metadata)
 
 
 def section(cls, help):
     return field(default_factory=cls, metadata={"help": help})
 
 
+# Range checks: each returns what is wrong with a value, or None. None values are optional ones left unset.
+def at_least(low):
+    return lambda v: f"must be at least {low}" if v is not None and v < low else None
+
+
+def above(low):
+    return lambda v: f"must be greater than {low}" if v is not None and v <= low else None
+
+
+def between(low, high):
+    return lambda v: f"must be between {low} and {high}" if v is not None and not low <= v <= high else None
+
+
+def one_of(*choices):
+    return lambda v: f"must be one of {', '.join(map(repr, choices))}" if v not in choices else None
+
+
+# A name with one of these suffixes is a local file; any other name that is not a local path may be a hub name.
+FILE_SUFFIXES = {".jsonl", ".json", ".csv", ".parquet", ".txt", ".tsv", ".yaml", ".yml", ".xlsx", ".arrow",
+                 ".gz", ".bz2", ".xz", ".zip", ".pt", ".bin", ".safetensors"}
+
+
+def is_local(name):
+    """Whether `name` means a local path rather than a Hugging Face hub id such as `org/model` (as for
+    transformers, an `org` directory here makes `org/model` local)."""
+    path = Path(name).expanduser()
+    return (path.exists() or name.startswith(("/", "./", "../", "~")) or "\\" in name or name.count("/") > 1
+            or path.suffix.lower() in FILE_SUFFIXES or (path.parent != Path(".") and path.parent.is_dir()))
+
+
+def source(required):
+    """A model or data source: a local path that exists, or a hub name (or the embedded `demo` models)."""
+    def check(value):
+        if not value:
+            return "is required" if required else None
+        if is_local(value) and not Path(value).expanduser().exists():
+            return "no such file or directory"
+        return None
+    return check
+
+
+def required(value):
+    return None if value else "is required"
+
+
+def plain_name(value):
+    if value in (".", "..") or not re.fullmatch(r"[\w.-]+", value):
+        return "must be a plain name (letters, digits, '-', '_', '.'), not a path"
+    return None
+
+
+def device_name(value):
+    return None if re.fullmatch(r"auto|cpu|cuda(:\d+)?", value) else "must be auto, cpu, cuda or cuda:N"
+
+
+# Options a resumed stage must share with its checkpoint: the data order, the sampling noise and the weights
+# depend on them. Any other option may change on resume; it applies from the next step.
+FIXED_ON_RESUME = ("model", "data", "policy", "reward_model", "prompts", "seed", "batch_size", "dtype", "fsdp")
+
+
 @dataclass
 class Common:
-    run: str = option("demo", "run name: a stage writes to <output_dir>/<run>/<stage>/")
-    output_dir: str = option("runs", "directory that holds the runs")
-    seed: int = option(0, "seed of data order, sampling and initialisation")
-    device: str = option("auto", "cpu, cuda or auto (cuda when available)")
-    dtype: str = option("float32", "float32 or bfloat16 weights (bfloat16 wants a GPU)")
-    resume: bool = option(False, "continue from the stage's last checkpoint (a finished stage is skipped)")
+    run: str = option("demo", "run name: a stage writes to <output_dir>/<run>/<stage>/", plain_name)
+    output_dir: str = option("runs", "directory that holds the runs", required)
+    seed: int = option(0, "seed of data order, sampling and initialisation", at_least(0))
+    device: str = option("auto", "cpu, cuda or auto (cuda when available)", device_name)
+    dtype: str = option("float32", "float32 or bfloat16 weights (bfloat16 wants a GPU)", one_of("float32", "bfloat16"))
+    resume: bool = option(False, "continue each stage from its last checkpoint (a stage with a final checkpoint is "
+                                 "skipped; without --resume a stage starts afresh and replaces its directory). "
+                                 "Changed options apply from the next step, listed in one line, except "
+                                 f"{', '.join(FIXED_ON_RESUME)}: these must match the checkpoint")
     fsdp: bool = option(False, "under torchrun, shard trained models with FSDP2 instead of DDP")
-    threads: int = option(0, "CPU threads of torch (0: torch's default); tiny models run best on 1 when cores are shared")
+    threads: int = option(0, "CPU threads of torch (0: torch's default); tiny models run best on 1 when cores are "
+                             "shared", at_least(0))
+
+    def problems(self):
+        """(option names, what is wrong) for each rule that involves several options."""
+        return []
 
 
 @dataclass
 class Training(Common):
-    steps: int = option(500, "optimizer steps (PPO: rollout-and-update iterations)")
-    batch_size: int = option(32, "global batch: sequences (RM: pairs, PPO: rollouts) per step over all processes")
-    lr: float = option(3e-3, "peak learning rate (linear warmup, then linear decay to 0)")
-    warmup_steps: int = option(20, "learning-rate warmup steps")
-    weight_decay: float = option(0.0, "AdamW weight decay")
-    adam_eps: float = option(1e-8, "Adam epsilon")
-    max_grad_norm: float = option(1.0, "global gradient-norm clipping")
-    save_every: int = option(0, "write a checkpoint every N steps (0: only at the end)")
-    keep_checkpoints: int = option(2, "how many recent checkpoints to keep")
-    max_bad_steps: int = option(5, "stop after this many consecutive steps with a NaN/inf loss or reward")
+    steps: int = option(500, "optimizer steps (PPO: rollout-and-update iterations)", at_least(1))
+    batch_size: int = option(32, "global batch: sequences (RM: pairs, PPO: rollouts) per step over all processes",
+                             at_least(1))
+    lr: float = option(3e-3, "peak learning rate (linear warmup, then linear decay to 0)", above(0))
+    warmup_steps: int = option(20, "learning-rate warmup steps", at_least(0))
+    weight_decay: float = option(0.0, "AdamW weight decay", at_least(0))
+    adam_eps: float = option(1e-8, "Adam epsilon", above(0))
+    max_grad_norm: float = option(1.0, "global gradient-norm clipping", above(0))
+    save_every: int = option(0, "write a checkpoint every N steps (0: only at the end)", at_least(0))
+    keep_checkpoints: int = option(2, "how many recent checkpoints to keep", at_least(1))
+    max_bad_steps: int = option(5, "stop the run (exit code 3, no final) after this many skipped updates in a row "
+                                   "(NaN/inf loss, gradient norm or reward)", at_least(1))
+
+    def problems(self):
+        if self.fsdp and self.save_every:
+            yield ("fsdp", "save_every"), "periodic checkpoints are not supported with fsdp yet: set save_every to 0"
 
 
 @dataclass
 class SFTConfig(Training):
-    model: str = option("demo", "Hugging Face causal LM (local path or hub id), or demo / demo-large (embedded)")
-    data: str = option("", "SFT rows {prompt, response} or {messages}: JSONL/JSON/CSV/Parquet file or hub name")
-    max_len: int = option(64, "longest prompt + response in tokens (longer responses are truncated)")
+    model: str = option("demo", "Hugging Face causal LM (local path or hub id), or demo / demo-large (embedded)",
+                        source(required=True))
+    data: str = option("", "SFT rows {prompt, response} or {messages}: JSONL/JSON/CSV/Parquet file or hub name",
+                       source(required=True))
+    max_len: int = option(64, "longest prompt + response in tokens (longer responses are truncated)", at_least(2))
 
 
 @dataclass
 class RMConfig(Training):
-    model: str = option("", "SFT checkpoint to start from (the reward head is new)")
-    data: str = option("", "preference rows {prompt, chosen, rejected} or {prompt, responses, ranking}")
-    eval_data: str = option("", "held-out preference rows for accuracy and AUC (optional)")
-    max_len: int = option(64, "longest prompt + response in tokens (longer responses are truncated)")
+    model: str = option("", "SFT checkpoint to start from (the reward head is new)", source(required=True))
+    data: str = option("", "preference rows {prompt, chosen, rejected} or {prompt, responses, ranking}",
+                       source(required=True))
+    eval_data: str = option("", "held-out preference rows for accuracy and AUC (optional)", source(required=False))
+    max_len: int = redefault(SFTConfig, "max_len", 64)
     steps: int = redefault(Training, "steps", 200)
     lr: float = redefault(Training, "lr", 1e-3)
 
 
 @dataclass
 class PPOConfig(Training):
-    policy: str = option("", "SFT checkpoint: the initial policy and the frozen reference")
-    reward_model: str = option("", "reward-model checkpoint: the scorer and the critic's initialisation")
-    prompts: str = option("", "prompt rows {prompt}: file or hub name")
+    policy: str = option("", "SFT checkpoint: the initial policy and the frozen reference", source(required=True))
+    reward_model: str = option("", "reward-model checkpoint: the scorer and the critic's initialisation",
+                               source(required=True))
+    prompts: str = option("", "prompt rows {prompt}: file or hub name", source(required=True))
     steps: int = redefault(Training, "steps", 40)
     batch_size: int = redefault(Training, "batch_size", 64)
     lr: float = redefault(Training, "lr", 1e-4)
     warmup_steps: int = redefault(Training, "warmup_steps", 0)
     adam_eps: float = redefault(Training, "adam_eps", 1e-5)
-    num_minibatches: int = option(4, "minibatches per PPO epoch")
-    ppo_epochs: int = option(4, "passes over each rollout batch")
-    max_prompt_len: int = option(32, "longest prompt in tokens (longer ones are an error)")
-    max_new_tokens: int = option(24, "longest response; one without EOS by then gets missing_eos_penalty")
-    temperature: float = option(0.7, "sampling temperature, also applied to the training logprobs")
-    kl_coef: float = option(0.05, "beta: weight of the per-token KL to the reference in the reward")
-    kl_target: typing.Optional[float] = option(None, "target KL per sequence for the adaptive controller (off: fixed beta)")
-    kl_horizon: int = option(10000, "adaptive KL controller horizon, in rollouts")
-    gamma: float = option(1.0, "discount")
-    lam: float = option(0.95, "GAE lambda")
-    clip_eps: float = option(0.2, "policy ratio clip")
-    value_clip_eps: float = option(0.2, "value clip around the rollout values")
-    vf_coef: float = option(0.1, "value-loss weight")
-    missing_eos_penalty: typing.Optional[float] = option(-1.0, "score given to a response without EOS (None: keep the RM score)")
+    num_minibatches: int = option(4, "minibatches per PPO epoch (they split the batch evenly)", at_least(1))
+    ppo_epochs: int = option(4, "passes over each rollout batch", at_least(1))
+    max_prompt_len: int = option(32, "longest prompt in tokens (longer ones are an error)", at_least(1))
+    max_new_tokens: int = option(24, "longest response; one without EOS by then gets missing_eos_penalty", at_least(1))
+    temperature: float = option(0.7, "sampling temperature, also applied to the training logprobs", above(0))
+    kl_coef: float = option(0.05, "beta: weight of the per-token KL to the reference in the reward (a new value "
+                                  "on resume replaces the adapted one)", at_least(0))
+    kl_target: typing.Optional[float] = option(None, "target KL per sequence for the adaptive controller (off: "
+                                                     "fixed beta)", above(0))
+    kl_horizon: int = option(10000, "adaptive KL controller horizon, in rollouts", at_least(1))
+    gamma: float = option(1.0, "discount", between(0, 1))
+    lam: float = option(0.95, "GAE lambda", between(0, 1))
+    clip_eps: float = option(0.2, "policy ratio clip", above(0))
+    value_clip_eps: float = option(0.2, "value clip around the rollout values", above(0))
+    vf_coef: float = option(0.1, "value-loss weight", at_least(0))
+    missing_eos_penalty: typing.Optional[float] = option(-1.0, "score given to a response without EOS (None: keep "
+                                                               "the RM score)")
     normalize_reward: bool = option(True, "standardise RM scores with the mean/std measured after RM training")
     whiten_advantages: bool = option(True, "normalise advantages over the batch")
+    stop_kl: typing.Optional[float] = option(None, "divergence check: stop the run (exit code 3) when a rollout's "
+                                                   "KL to the reference exceeds this, in nats per sequence (off)",
+                                             above(0))
+    stop_entropy: typing.Optional[float] = option(None, "divergence check: stop the run (exit code 3) when a "
+                                                        "rollout's mean token entropy falls below this, in nats "
+                                                        "(off)", above(0))
+
+    def problems(self):
+        yield from super().problems()
+        if self.num_minibatches > self.batch_size or self.batch_size % self.num_minibatches:
+            yield ("batch_size", "num_minibatches"), "the batch must split into num_minibatches equal minibatches"
 
 
 @dataclass
 class EvalConfig(Common):
-    policy: str = option("", "policy A to evaluate (optional with --reward_model and --preferences)")
-    baseline: str = option("", "policy B for the win rate of A over B (optional)")
-    reward_model: str = option("", "reward model that scores the responses (optional)")
-    reference: str = option("", "reference policy for the KL (optional; default: the baseline)")
+    policy: str = option("", "policy A to evaluate (optional with --reward_model and --preferences)",
+                         source(required=False))
+    baseline: str = option("", "policy B for the win rate of A over B (optional)", source(required=False))
+    reward_model: str = option("", "reward model that scores the responses (optional)", source(required=False))
+    reference: str = option("", "reference policy for the KL (optional; default: the baseline)",
+                            source(required=False))
     preferences: str = option("", "held-out preference rows: the reward model's accuracy, precision, recall, F1, "
-                                  "ROC AUC (optional; truncated to max_prompt_len + max_new_tokens)")
-    prompts: str = option("", "prompt rows {prompt}: file or hub name")
-    labeler: str = option("", "gold labeler: demo (the embedded task's) or empty for none")
-    num_prompts: int = option(256, "prompts evaluated (the first N)")
-    batch_size: int = option(128, "generation batch size")
+                                  "ROC AUC (optional; truncated to max_prompt_len + max_new_tokens)",
+                              source(required=False))
+    prompts: str = option("", "prompt rows {prompt}: file or hub name (required with --policy)", source(required=False))
+    labeler: str = option("", "gold labeler: demo (the embedded task's) or empty for none", one_of("", "demo"))
+    num_prompts: int = option(256, "prompts evaluated (the first N)", at_least(1))
+    batch_size: int = option(128, "generation batch size", at_least(1))
     max_prompt_len: int = redefault(PPOConfig, "max_prompt_len", 32)
     max_new_tokens: int = redefault(PPOConfig, "max_new_tokens", 24)
-    temperature: float = option(0.7, "sampling temperature")
+    temperature: float = redefault(PPOConfig, "temperature", 0.7)
+
+    def problems(self):
+        yield from super().problems()
+        if not self.policy and not (self.reward_model and self.preferences):
+            yield ("policy",), "policy is required: pass --policy (or --reward_model and --preferences to evaluate only the reward model)"
+        if self.policy and not self.prompts:
+            yield ("prompts",), "prompts is required to evaluate a policy"
+        if self.preferences and not self.reward_model:
+            yield ("preferences", "reward_model"), "preferences need a reward_model to score them"
 
 
 @dataclass
@@ -120,6 +232,8 @@ class PipelineConfig(Common):
     sft: SFTConfig = section(SFTConfig, "supervised fine-tuning")
     rm: RMConfig = section(RMConfig, "reward model (its model is the SFT output)")
     ppo: PPOConfig = section(PPOConfig, "PPO (policy from SFT, reward model and critic from RM)")
+    # Section options the pipeline sets itself: neither flags nor file keys.
+    derived: typing.ClassVar = {"rm": ("model",), "ppo": ("policy", "reward_model")}
 
     def stage(self, name, **paths):
         """A stage's config with the pipeline's shared fields and the previous stages' outputs."""
@@ -127,15 +241,29 @@ class PipelineConfig(Common):
         return dataclasses.replace(getattr(self, name), **shared, **paths)
 
 
+def _distinct_demo_prompts():
+    from .demo import task
+    return sum(math.perm(len(task.ASPECTS), k) for k in range(1, task.MAX_ASPECTS + 1))
+
+
 @dataclass
 class DemoConfig(PipelineConfig):
     threads: int = redefault(Common, "threads", 1)
-    train_prompts: int = option(2000, "distinct training prompts (SFT, preferences, PPO)")
-    heldout_prompts: int = option(256, "distinct held-out prompts for the final report")
-    sft_rows: int = option(4000, "SFT demonstrations written by the task's generator")
-    preference_prompts: int = option(500, "prompts whose SFT samples the labeler ranks for the RM")
-    candidates: int = option(4, "SFT samples ranked per prompt (K: K(K-1)/2 pairs)")
-    candidate_temperature: float = option(1.0, "sampling temperature of the candidates")
+    train_prompts: int = option(2000, "distinct training prompts (SFT, preferences, PPO)", at_least(1))
+    heldout_prompts: int = option(256, "distinct held-out prompts for the final report", at_least(1))
+    sft_rows: int = option(4000, "SFT demonstrations written by the task's generator", at_least(1))
+    preference_prompts: int = option(500, "prompts whose SFT samples the labeler ranks for the RM", at_least(1))
+    candidates: int = option(4, "SFT samples ranked per prompt (K: K(K-1)/2 pairs)", at_least(2))
+    candidate_temperature: float = option(1.0, "sampling temperature of the candidates", above(0))
+    derived: typing.ClassVar = {"sft": ("data",), "rm": ("model", "data", "eval_data"),
+                                "ppo": ("policy", "reward_model", "prompts")}
+
+    def problems(self):
+        if self.preference_prompts > self.train_prompts:
+            yield ("preference_prompts", "train_prompts"), "the preference prompts are drawn from the training ones"
+        if self.train_prompts + self.heldout_prompts > _distinct_demo_prompts():
+            yield (("train_prompts", "heldout_prompts"),
+                   f"the task has {_distinct_demo_prompts()} distinct prompts in all")
 
 
 # Overrides per preset, applied before the config file and the flags.
@@ -147,74 +275,172 @@ PRESETS = {
 
 
 def _type_of(cls, f):
+    """(type, optional) of a field: Optional[float] is (float, True)."""
     hint = typing.get_type_hints(cls)[f.name]
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    return args[0] if typing.get_origin(hint) is typing.Union else hint
+    if typing.get_origin(hint) is typing.Union:
+        return next(a for a in typing.get_args(hint) if a is not type(None)), True
+    return hint, False
 
 
-def _parse(kind, text):
-    if text.lower() in ("none", "null"):
+TRUE, FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+KIND_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def convert(kind, optional, value):
+    """`value` as a `kind`: strings are parsed as flags are; any other type mismatch is a ValueError."""
+    expected = KIND_NAMES[kind] + (" or none" if optional else "")
+    if isinstance(value, str) and kind is not str:
+        text = value.strip().lower()
+        if optional and text in ("none", "null"):
+            return None
+        if kind is bool:
+            if text not in TRUE + FALSE:
+                raise ValueError(f"expected {expected}")
+            return text in TRUE
+        try:
+            value = float(text) if kind is float else int(text)
+        except ValueError:
+            try:  # "1e3" for an integer option
+                value = float(text)
+            except ValueError:
+                raise ValueError(f"expected {expected}") from None
+    if value is None and optional:
         return None
-    if kind is bool:
-        if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-            raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-        return text.lower() in ("true", "1", "yes")
-    return kind(text)
+    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        return float(value)
+    if kind is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if kind is int and isinstance(value, float):
+        raise ValueError(f"expected {expected}" if math.isfinite(value) else "must be a finite number")
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ValueError(f"expected {expected}")
+    return value
+
+
+def _said(path, value, where):
+    return f"{path}={value!r} {where}"
+
+
+def check(config, sources=None, prefix="", shared=(), derived=()):
+    """Converts and checks every option of `config` and of its sections, in place; returns `config`.
+    `sources` maps an option's dotted name to where it was set (`in file.yaml`, ...)."""
+    sources = {} if sources is None else sources
+    for f in dataclasses.fields(config):
+        path, value = prefix + f.name, getattr(config, f.name)
+        where = sources.get(path, "by default")
+        kind, optional = _type_of(type(config), f)
+        if dataclasses.is_dataclass(kind):
+            check(value, sources, f"{path}.", shared={g.name for g in dataclasses.fields(config)},
+                  derived=getattr(config, "derived", {}).get(f.name, ()))
+            continue
+        if f.name in shared or f.name in derived:
+            if value != f.default:
+                why = (f"every stage takes the pipeline's {f.name}: set it at the top level" if f.name in shared
+                       else "the pipeline sets it itself: remove it")
+                raise ConfigError(f"{_said(path, value, where)}: {why}")
+            continue
+        try:
+            value = convert(kind, optional, value)
+        except ValueError as error:
+            raise ConfigError(f"{_said(path, value, where)}: {error}") from None
+        problem = f.metadata["check"](value) if f.metadata.get("check") else None
+        if problem == "is required":
+            raise ConfigError(f"{path} is required: pass --{path}, or set it in a --config file")
+        if problem:
+            raise ConfigError(f"{_said(path, value, where)}: {problem}")
+        setattr(config, f.name, value)
+    for names, problem in config.problems():
+        by_source = {}
+        for name in names:
+            by_source.setdefault(sources.get(prefix + name, "by default"), []).append(
+                f"{prefix}{name}={getattr(config, name)!r}")
+        raise ConfigError("; ".join(f"{', '.join(said)} {where}" for where, said in by_source.items())
+                          + f": {problem}")
+    return config
 
 
 def add_arguments(parser, cls, prefix="", skip=()):
     """--name for every field; a section's fields are --section.name, except those its parent sets."""
     for f in dataclasses.fields(cls):
-        kind = _type_of(cls, f)
+        kind, _ = _type_of(cls, f)
         if f.name in skip:
             continue
         if dataclasses.is_dataclass(kind):
             group = parser.add_argument_group(f"{prefix}{f.name}: {f.metadata['help']}")
-            add_arguments(group, kind, f"{prefix}{f.name}.", skip={g.name for g in dataclasses.fields(cls)})
+            skipped = {g.name for g in dataclasses.fields(cls)} | set(getattr(cls, "derived", {}).get(f.name, ()))
+            add_arguments(group, kind, f"{prefix}{f.name}.", skip=skipped)
             continue
         default = f.default if f.default is not dataclasses.MISSING else None
         parser.add_argument(f"--{prefix}{f.name}", dest=f"{prefix}{f.name}", metavar=kind.__name__.upper(),
-                            type=lambda text, kind=kind: _parse(kind, text), default=argparse.SUPPRESS,
-                            help=f"{f.metadata['help']} (default: {default})")
+                            default=argparse.SUPPRESS, help=f"{f.metadata['help']} (default: {default})")
 
 
-def apply(config, values, source):
-    """Sets fields from a (nested) dict; an unknown key is an error naming it and where it came from."""
+def apply(config, values, where, sources=None, prefix=""):
+    """Sets options from a (nested) dict, each converted to its field's type; an unknown key is an error
+    naming it and `where` it was set (`in file.yaml`); `sources` records where each option was set."""
     for key, value in values.items():
-        name, _, rest = key.partition(".")
-        known = {f.name: f for f in dataclasses.fields(config)}
-        if name not in known:
-            raise ValueError(f"{source}: unknown option {key!r} for {type(config).__name__}; see --help")
-        current = getattr(config, name)
-        if dataclasses.is_dataclass(current):
+        name, _, rest = str(key).partition(".")
+        fields = {f.name: f for f in dataclasses.fields(config)}
+        if name not in fields:
+            raise ConfigError(f"unknown option {prefix + str(key)!r} {where} ({type(config).__name__}); see --help")
+        kind, optional = _type_of(type(config), fields[name])
+        if dataclasses.is_dataclass(kind):
             nested = {rest: value} if rest else value
             if not isinstance(nested, dict):
-                raise ValueError(f"{source}: {key!r} is a section; give it a mapping")
-            apply(current, nested, source)
-        else:
-            setattr(config, name, value)
+                raise ConfigError(f"{prefix + name}={value!r} {where}: a section; give it a mapping of options")
+            apply(getattr(config, name), nested, where, sources, f"{prefix}{name}.")
+            continue
+        if rest:
+            raise ConfigError(f"unknown option {prefix + str(key)!r} {where}: {prefix + name} is not a section")
+        try:
+            setattr(config, name, convert(kind, optional, value))
+        except ValueError as error:
+            raise ConfigError(f"{_said(prefix + name, value, where)}: {error}") from None
+        if sources is not None:
+            sources[prefix + name] = where
     return config
 
 
 def load_file(path):
-    text = Path(path).read_text()
-    values = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
+    """The mapping of options in a YAML or JSON file."""
+    path = Path(path)
+    if path.suffix.lower() not in (".yaml", ".yml", ".json"):
+        raise ConfigError(f"--config {path}: a config file is .yaml, .yml or .json")
+    try:
+        raw = path.read_bytes()
+    except OSError as error:
+        raise ConfigError(f"--config {path}: {error.strerror.lower()}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw[:error.start].count(b"\n") + 1
+        raise ConfigError(f"{path}, line {line}: not UTF-8 text (byte 0x{raw[error.start]:02x})") from None
+    try:
+        values = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{path}, line {error.lineno}, column {error.colno}: invalid JSON: {error.msg}") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        at = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}{at}: invalid YAML: {getattr(error, 'problem', None) or error}") from None
+    if values is None:  # an empty file
+        return {}
     if not isinstance(values, dict):
-        raise ValueError(f"{path}: a config file must hold a mapping of option names to values")
+        raise ConfigError(f"{path}: a config file holds a mapping of option names to values, "
+                          f"not a {type(values).__name__}")
     return values
 
 
 def build(cls, args):
-    """A config from parsed arguments: defaults, then preset, then --config file, then flags."""
-    args = dict(vars(args))
-    config = cls()
-    preset, path = args.pop("preset", None), args.pop("config", None)
+    """A checked config from parsed arguments: defaults, then preset, then --config file, then flags."""
+    values = dict(vars(args))
+    preset, path = values.pop("preset", None), values.pop("config", None)
+    config, sources = cls(), {}
     if preset:
-        apply(config, PRESETS[preset], f"preset {preset!r}")
+        apply(config, PRESETS[preset], f"in preset {preset!r}", sources)
     if path:
-        apply(config, load_file(path), path)
-    return apply(config, args, "command line")
-
-
-def to_dict(config):
-    return dataclasses.asdict(config)
+        apply(config, load_file(path), f"in {path}", sources)
+    apply(config, values, "on the command line", sources)
+    return check(config, sources)

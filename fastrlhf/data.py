@@ -3,48 +3,119 @@
 Row formats:
   SFT         {prompt, response}            or {messages: [{role, content}, ...]} (trains on the last, assistant, turn)
   preference  {prompt, chosen, rejected}    or {prompt, responses: [...], ranking: [...]} (ranking[i] is the
-              rank of responses[i], 1 = best; a K-way ranking gives its K(K-1)/2 pairs, ties give none)
+              rank of responses[i]: a permutation of 1..K, 1 = best, tied responses sharing the best of their
+              places as in [1, 2, 2, 4]; a K-way ranking gives its K(K-1)/2 pairs, ties give none)
   prompts     {prompt}
 A prompt is a string, or a list of chat messages. Chat templates are applied when the tokenizer has
-one. Every error names the source, the row (1-based) and the column at fault.
+one. Files are UTF-8. Every error names the source, the row (1-based) and the column at fault. A pair
+whose chosen and rejected texts are the same, or a ranking that ranks one text twice differently, is an
+error (it states no preference); a text repeated with the same rank counts once.
 """
+import codecs
 import itertools
+import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from .config import is_local
+from .errors import UserError
+
 BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+SUPPORTED = ", ".join(BUILDERS)
 SFT_FORMATS = (("prompt", "response"), ("messages",))
 PREFERENCE_FORMATS = (("prompt", "chosen", "rejected"), ("prompt", "responses", "ranking"))
 PROMPT_FORMATS = (("prompt",),)
 IGNORE = -100  # label of tokens that are not trained on
 
 
-class DataError(ValueError):
-    pass
+class DataError(UserError, ValueError):
+    """Bad data: the message names the source, and the row and column at fault."""
 
 
 def load_rows(source):
     """The rows of a local file (by extension) or a hub dataset's train split, as a list of dicts."""
     import datasets  # here, not at the top: importing it is slow and only file loading needs it
 
-    path = Path(source)
     if not source:
-        raise DataError("no data given: pass a file (JSONL/JSON/CSV/Parquet) or a dataset name")
-    if path.suffix in BUILDERS:
-        if not path.is_file():
-            raise DataError(f"{source}: no such file")
+        raise DataError(f"no data given: pass a file ({SUPPORTED}) or a dataset name")
+    path = Path(source).expanduser()
+    if path.is_file():
+        suffix = path.suffix.lower()
+        if suffix not in BUILDERS:
+            raise DataError(f"{source}: unsupported file type {suffix or '(no extension)'}: data files are {SUPPORTED}")
+        if path.stat().st_size == 0:
+            raise DataError(f"{source}: the file is empty")
+        if BUILDERS[suffix] != "parquet":
+            _check_utf8(path, source)
         try:
-            dataset = datasets.load_dataset(BUILDERS[path.suffix], data_files=str(path), split="train")
+            dataset = _quietly(datasets.load_dataset, BUILDERS[suffix], data_files=str(path), split="train")
         except Exception as error:  # arrow/json/csv parse errors come in many types
-            raise DataError(f"{source}: cannot be read as {path.suffix[1:]}: {error}") from error
+            raise DataError(f"{source}: cannot be read as {suffix[1:]}: {_why_unreadable(path, error)}") from error
+    elif is_local(source) and not path.exists():
+        raise DataError(f"{source}: no such file")
     else:
-        dataset = datasets.load_dataset(source, split="train")
+        try:
+            dataset = _quietly(datasets.load_dataset, source, split="train")
+        except Exception as error:
+            where = "this directory" if path.is_dir() else "a dataset on the Hugging Face hub (no such local file)"
+            raise DataError(f"{source}: cannot be loaded as {where}: {_first_line(error)}") from error
     if len(dataset) == 0:
         raise DataError(f"{source}: the dataset is empty")
     return dataset.to_list()
+
+
+def _quietly(load, *args, **kwargs):
+    """load(...) without the loader's own error log (a traceback): the DataError that follows says it in one line."""
+    from datasets.utils import logging
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.CRITICAL)
+    try:
+        return load(*args, **kwargs)
+    finally:
+        logging.set_verbosity(verbosity)
+
+
+def _first_line(error):
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def _check_utf8(path, source):
+    """Text files must be UTF-8: the error names the line of the first byte that is not."""
+    decoder, line = codecs.getincrementaldecoder("utf-8")(), 1
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as error:
+                line += error.object[:error.start].count(b"\n")
+                raise DataError(f"{source}, line {line}: not UTF-8 text (byte 0x{error.object[error.start]:02x}); "
+                                "save the file as UTF-8") from None
+            line += chunk.count(b"\n")
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise DataError(f"{source}, line {line}: not UTF-8 text (the file ends inside a character)") from None
+
+
+def _why_unreadable(path, error):
+    """The line at fault in a JSON Lines or JSON file, else the reader's own first line."""
+    if path.suffix.lower() == ".jsonl":
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            try:
+                row = json.loads(line) if line.strip() else {}
+            except json.JSONDecodeError as bad:
+                return f"line {number}, column {bad.colno}: invalid JSON: {bad.msg}"
+            if not isinstance(row, dict):
+                return f"line {number}: a row is a JSON object, got {type(row).__name__}"
+    elif path.suffix.lower() == ".json":
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as bad:
+            return f"line {bad.lineno}, column {bad.colno}: invalid JSON: {bad.msg}"
+    return _first_line(error)
 
 
 def _format(rows, formats, source, kind):
@@ -102,17 +173,40 @@ def pair_margins(rows):
             for better, worse in _ranked_pairs(row["ranking"])]
 
 
+def is_ranking(ranks):
+    """Ranks 1 (best) to K: a permutation of 1..K, tied responses sharing the best of their places ([1, 2, 2, 4])."""
+    return all(r == 1 + sum(other < r for other in ranks) for r in ranks)
+
+
 def _ranking(row, source, i):
     responses, ranking = row["responses"], row["ranking"]
     if not isinstance(responses, list) or len(responses) < 2:
         raise DataError(f"{_where(source, i, 'responses')}: expected a list of at least 2 strings, got {responses!r}")
     for response in responses:
         _text(response, source, i, "responses")
-    if (not isinstance(ranking, list) or len(ranking) != len(responses)
+    k = len(responses)
+    if (not isinstance(ranking, list) or len(ranking) != k
             or not all(isinstance(r, int) and not isinstance(r, bool) for r in ranking)):
-        raise DataError(f"{_where(source, i, 'ranking')}: expected {len(responses)} integer ranks "
+        raise DataError(f"{_where(source, i, 'ranking')}: expected {k} integer ranks "
                         f"(one per response, 1 = best), got {ranking!r}")
-    return ranking_pairs(responses, ranking)
+    if not is_ranking(ranking):
+        raise DataError(f"{_where(source, i, 'ranking')}: expected the rank of each response from 1 (best) to {k}, "
+                        f"a permutation of 1..{k} (tied responses share the best of their places, as in "
+                        f"[1, 2, 2, 4]), got {ranking!r}")
+    for a, b in itertools.combinations(range(k), 2):
+        if responses[a] == responses[b] and ranking[a] != ranking[b]:
+            raise DataError(f"{_where(source, i, 'responses')}: responses {a + 1} and {b + 1} are the same text but "
+                            f"ranked {ranking[a]} and {ranking[b]}")
+    distinct = dict(zip(responses, ranking))  # a response repeated (and so tied) counts once
+    return ranking_pairs(list(distinct), list(distinct.values()))
+
+
+def _pair(row, source, i):
+    chosen, rejected = _text(row["chosen"], source, i, "chosen"), _text(row["rejected"], source, i, "rejected")
+    if chosen == rejected:
+        raise DataError(f"{_where(source, i, 'rejected')}: the same text as 'chosen'; a preference needs two "
+                        "different responses (remove the row)")
+    return [(chosen, rejected)]
 
 
 class Encoder:
@@ -186,10 +280,7 @@ def preference_pairs(source, tokenizer, max_len, rows=None):
     encode, truncated, pairs = Encoder(tokenizer, source, max_len - 1), [0], []
     for i, row in enumerate(rows):
         prompt = encode.prompt(_prompt(row["prompt"], source, i), i)
-        if names[1] == "chosen":
-            texts = [(_text(row["chosen"], source, i, "chosen"), _text(row["rejected"], source, i, "rejected"))]
-        else:
-            texts = _ranking(row, source, i)
+        texts = _pair(row, source, i) if names[1] == "chosen" else _ranking(row, source, i)
         for chosen, rejected in texts:
             pairs.append((_fit(prompt, encode.response(chosen), max_len, truncated),
                           _fit(prompt, encode.response(rejected), max_len, truncated)))

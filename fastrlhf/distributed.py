@@ -10,6 +10,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from .errors import UserError
+
 
 def init(device):
     """Joins the process group when launched by torchrun (gloo on CPU, nccl on CUDA)."""
@@ -41,7 +43,7 @@ def my_rows(rows):
     """This rank's contiguous slice of a global batch (the global batch size must divide evenly)."""
     n, w = len(rows), world()
     if n % w:
-        raise ValueError(f"the batch size ({n}) must be divisible by the number of processes ({w})")
+        raise UserError(f"the batch size ({n}) must be divisible by the number of processes ({w})")
     return rows[rank() * n // w:(rank() + 1) * n // w]
 
 

@@ -5,6 +5,7 @@ import torch
 
 from . import data, models, training
 from . import reward_model as rm
+from .config import check
 from .generation import generate
 from .ppo import response_logprobs
 
@@ -81,11 +82,7 @@ def win_rate(a, b):
 def evaluate(config):
     """{policy name: {metric: mean}} plus the win rate of the policy over the baseline, and the reward
     model's metrics on preference rows when given."""
-    device = training.setup(config)
-    if not (config.policy or (config.reward_model and config.preferences)):
-        raise data.DataError("give --policy, or --reward_model with --preferences")
-    if config.preferences and not config.reward_model:
-        raise data.DataError("--preferences needs a --reward_model to score them")
+    device = training.setup(check(config))
     tokenizer = models.load_tokenizer(config.policy or config.reward_model)
     reward_model = models.load_value_model(config.reward_model, tokenizer, config.dtype, device) \
         if config.reward_model else None

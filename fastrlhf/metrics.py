@@ -1,12 +1,19 @@
 """Metrics: one JSON line per step in <stage dir>/metrics.jsonl (TensorBoard too when installed),
-a progress bar with the live key metrics, and PNG plots of the main curves at the end."""
+a progress bar with the live key metrics, and PNG plots of the main curves at the end.
+
+A line is appended whole after each step, so a crash or a full disk can only tear the last one:
+reading drops it with a warning, and a resumed run rewrites the file from its checkpoint's step."""
 import json
 import math
+import warnings
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from . import distributed
+from .errors import UserError, writing
+
+RESUME = "; the checkpoints are intact: free space, then --resume true"
 
 
 class Logger:
@@ -15,25 +22,26 @@ class Logger:
         self.path = Path(directory) / "metrics.jsonl"
         self.main, self.shown = distributed.is_main(), shown
         self.bar = tqdm(total=steps, initial=start_step, desc=desc, disable=not self.main, dynamic_ncols=True)
-        self.tensorboard, self.last = None, {}
+        self.tensorboard, self.last, self.closed = None, {}, False
         if self.main:
-            self._drop_from(start_step)  # a resumed run rewrites the steps after its checkpoint
+            self._keep_before(start_step)
             try:
                 from torch.utils.tensorboard import SummaryWriter
                 self.tensorboard = SummaryWriter(str(self.path.parent / "tensorboard"))
             except ImportError:
                 pass
 
-    def _drop_from(self, step):
-        kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] < step] \
-            if self.path.exists() else []
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text("".join(line + "\n" for line in kept))
+    def _keep_before(self, step):
+        """Keeps the records of the steps before `step`: a resumed run rewrites the later ones."""
+        records = read(self.path) if step and self.path.exists() else []
+        with writing(self.path, RESUME):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in records if r["step"] < step))
 
     def log(self, step, metrics):
         metrics = self.last = {k: float(v) for k, v in metrics.items()}
         if self.main:
-            with self.path.open("a") as f:
+            with writing(self.path, RESUME), self.path.open("a") as f:
                 f.write(json.dumps({"step": step, **metrics}) + "\n")
             if self.tensorboard is not None:
                 for key, value in metrics.items():
@@ -42,6 +50,10 @@ class Logger:
         self.bar.update(1)
 
     def close(self, plotted=()):
+        """Closes the bar and TensorBoard, and plots `plotted`; later calls do nothing."""
+        if self.closed:
+            return
+        self.closed = True
         self.bar.close()
         if self.main:
             if self.tensorboard is not None:
@@ -50,7 +62,23 @@ class Logger:
 
 
 def read(path):
-    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+    """The records of a metrics file. A torn last line is dropped with a warning; another bad line is an error."""
+    lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                raise ValueError
+        except ValueError:
+            if number < len(lines):
+                raise UserError(f"{path}, line {number}: not a metrics record ({line[:40]!r}); "
+                                "fix or delete the line") from None
+            warnings.warn(f"{path}: dropped its torn last line {number} ({line[:40]!r}): a crash or a full "
+                          "disk cut it off")
+            break
+        records.append(record)
+    return records
 
 
 def plot(path, keys, columns=3):
@@ -72,5 +100,6 @@ def plot(path, keys, columns=3):
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(Path(path).with_suffix(".png"), dpi=80)
+    with writing(Path(path).with_suffix(".png")):
+        fig.savefig(Path(path).with_suffix(".png"), dpi=80)
     plt.close(fig)

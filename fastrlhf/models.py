@@ -12,16 +12,38 @@ import transformers
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, LlamaConfig
 
+from .config import is_local
+from .errors import UserError
+
 DEMO_DIR = Path(__file__).parent / "demo"
 DEMO_MODELS = json.loads((DEMO_DIR / "models.json").read_text())
 # transformers renamed from_pretrained's `torch_dtype` to `dtype` in 4.56.
 _DTYPE_KEY = "dtype" if tuple(int(v) for v in transformers.__version__.split(".")[:2]) >= (4, 56) else "torch_dtype"
 
 
+def _from_pretrained(load, name, what, **kwargs):
+    """load(name, **kwargs), with a missing local directory or an unknown hub id said in one line."""
+    path = Path(name).expanduser()
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{name}: a file; a model is a Hugging Face checkpoint directory (or a hub id)")
+    if path.is_dir() and not (path / "config.json").exists():
+        raise UserError(f"{name}: not a Hugging Face model directory (it has no config.json)")
+    if not path.exists() and is_local(name):
+        raise UserError(f"{name}: no such model directory")
+    try:
+        return load(str(path) if path.exists() else name, **kwargs)
+    except (OSError, ValueError) as error:  # "not a local folder and not a valid model identifier", offline, ...
+        where = "from this directory" if path.exists() else "(not a local directory, nor found on the hub)"
+        raise UserError(f"{name}: cannot load a {what} {where}: {str(error).splitlines()[0]}") from error
+
+
 def load_tokenizer(name):
-    tokenizer = AutoTokenizer.from_pretrained(DEMO_DIR / "tokenizer" if name in DEMO_MODELS else name)
+    if name in DEMO_MODELS:
+        tokenizer = AutoTokenizer.from_pretrained(DEMO_DIR / "tokenizer")
+    else:
+        tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, name, "tokenizer")
     if tokenizer.eos_token_id is None:
-        raise ValueError(f"the tokenizer of {name!r} has no EOS token; responses could never end")
+        raise UserError(f"the tokenizer of {name!r} has no EOS token; responses could never end")
     if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
         # A PAD equal to EOS would make the end of a response indistinguishable from padding.
         tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
@@ -67,7 +89,7 @@ def load_policy(name, tokenizer, dtype="float32", device="cpu"):
                              eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
         model = AutoModelForCausalLM.from_config(config).to(_dtype(dtype))
     else:
-        model = AutoModelForCausalLM.from_pretrained(name, **{_DTYPE_KEY: _dtype(dtype)})
+        model = _from_pretrained(AutoModelForCausalLM.from_pretrained, name, "model", **{_DTYPE_KEY: _dtype(dtype)})
     return _prepare(model, tokenizer).to(device)
 
 
@@ -78,7 +100,7 @@ class ValueModel(nn.Module):
     def __init__(self, model):
         super().__init__()
         if not hasattr(model, "score"):
-            raise ValueError(f"{type(model).__name__} has no `score` head; use an architecture whose "
+            raise UserError(f"{type(model).__name__} has no `score` head; use an architecture whose "
                              "ForSequenceClassification class names its head `score` (Llama, Qwen, Mistral, GPT-2, ...)")
         self.model = model
 
@@ -98,7 +120,8 @@ class ValueModel(nn.Module):
 
 def load_value_model(name, tokenizer, dtype="float32", device="cpu"):
     """A reward model or critic: from a reward-model checkpoint, or a causal LM checkpoint (a freshly initialised head)."""
-    model = AutoModelForSequenceClassification.from_pretrained(name, num_labels=1, **{_DTYPE_KEY: _dtype(dtype)})
+    model = _from_pretrained(AutoModelForSequenceClassification.from_pretrained, name, "model", num_labels=1,
+                             **{_DTYPE_KEY: _dtype(dtype)})
     return ValueModel(_prepare(model, tokenizer)).to(device)
 
 

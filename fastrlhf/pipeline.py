@@ -3,30 +3,36 @@ the pipeline on the embedded task and reports on held-out prompts."""
 import json
 import random
 import time
+import warnings
 from pathlib import Path
 
 import torch
 
-from . import data, distributed, evaluate, models, ppo, reward_model, sft, training
-from .config import EvalConfig
+from . import checkpoint, data, distributed, evaluate, models, ppo, reward_model, sft, training
+from .config import EvalConfig, check
 from .demo import task
 
 
-def _run_stage(train, config, stage):
-    """Runs a stage; with --resume a stage whose final checkpoint exists is not run again."""
-    final = training.stage_dir(config, stage) / "final"
-    if config.resume and final.is_dir():
-        print(f"{stage}: done already ({final})")
-        return final
-    result = train(config)
-    return result[0] if isinstance(result, tuple) else result
-
-
 def pipeline(config):
-    sft_out = _run_stage(sft.train, config.stage("sft"), "sft")
-    rm_out = _run_stage(reward_model.train, config.stage("rm", model=str(sft_out)), "rm")
-    ppo_out = _run_stage(ppo.train, config.stage("ppo", policy=str(sft_out), reward_model=str(rm_out)), "ppo")
+    """The three stages, each as its own command would run it (with --resume a finished one is skipped)."""
+    check(config)
+    with checkpoint.locked(training.run_dir(config)):
+        _read_inputs(config)
+        sft_out = sft.train(config.stage("sft"))
+        rm_out = reward_model.train(config.stage("rm", model=str(sft_out)))
+        ppo_out = ppo.train(config.stage("ppo", policy=str(sft_out), reward_model=str(rm_out)))
     return sft_out, rm_out, ppo_out
+
+
+def _read_inputs(config):
+    """Reads the later stages' data before the first stage trains: a bad row fails now, not after SFT."""
+    tokenizer = models.load_tokenizer(config.sft.model)  # the SFT output's tokenizer is this one
+    with warnings.catch_warnings():  # each stage warns about its own data again
+        warnings.simplefilter("ignore")
+        data.preference_pairs(config.rm.data, tokenizer, config.rm.max_len)
+        if config.rm.eval_data:
+            data.preference_pairs(config.rm.eval_data, tokenizer, config.rm.max_len)
+        data.prompts(config.ppo.prompts, tokenizer, config.ppo.max_prompt_len)
 
 
 def _write_jsonl(path, rows):
@@ -67,11 +73,17 @@ def label_candidates(policy_path, prompts, path, config, seed):
 
 def demo(config):
     """The whole pipeline on the embedded task, then the final report on held-out prompts."""
+    check(config)
+    with checkpoint.locked(training.run_dir(config)):
+        return _demo(config)
+
+
+def _demo(config):
     started = time.time()
     directory = Path(config.output_dir) / config.run / "data"
     train_prompts, heldout = write_task_data(config, directory)
     config.sft.data, config.ppo.prompts = str(directory / "sft.jsonl"), str(directory / "prompts.jsonl")
-    sft_out = _run_stage(sft.train, config.stage("sft"), "sft")
+    sft_out = sft.train(config.stage("sft"))
 
     preferences, heldout_preferences = directory / "preferences.jsonl", directory / "heldout_preferences.jsonl"
     if distributed.is_main() and not (config.resume and heldout_preferences.exists()):
@@ -79,8 +91,8 @@ def demo(config):
         label_candidates(sft_out, heldout, heldout_preferences, config, config.seed + 1)
     distributed.barrier()
     config.rm.data, config.rm.eval_data = str(preferences), str(heldout_preferences)
-    rm_out = _run_stage(reward_model.train, config.stage("rm", model=str(sft_out)), "rm")
-    ppo_out = _run_stage(ppo.train, config.stage("ppo", policy=str(sft_out), reward_model=str(rm_out)), "ppo")
+    rm_out = reward_model.train(config.stage("rm", model=str(sft_out)))
+    ppo_out = ppo.train(config.stage("ppo", policy=str(sft_out), reward_model=str(rm_out)))
 
     if not distributed.is_main():
         return None

@@ -80,9 +80,18 @@ def explained_variance(values, returns, mask):
     return 1 - residual / variance.clamp(min=1e-8)
 
 
-def train(config):
-    device = training.setup(config)
-    loop = training.Loop(config, "ppo", SHOWN)
+def diverged(config, kl, entropy):
+    """Why a rollout shows a diverged policy (the optional checks stop_kl and stop_entropy), or None."""
+    if config.stop_kl is not None and not kl <= config.stop_kl:
+        return f"the rollout's KL to the reference, {kl:.4g} nats per sequence, is above stop_kl={config.stop_kl}"
+    if config.stop_entropy is not None and not entropy >= config.stop_entropy:
+        return f"the rollout's mean token entropy, {entropy:.4g} nats, is below stop_entropy={config.stop_entropy}"
+    return None
+
+
+@training.stage("ppo", SHOWN)
+def train(config, loop):
+    device = loop.device
     tokenizer = models.load_tokenizer(config.policy)
     prompt_rows = data.prompts(config.prompts, tokenizer, config.max_prompt_len)
     policy = models.load_policy(loop.init_path("policy", config.policy), tokenizer, config.dtype, device)
@@ -92,14 +101,14 @@ def train(config):
     reward_stats = load_stats(config.reward_model)
     policy_ddp, critic_ddp = distributed.wrap(policy, config.fsdp), distributed.wrap(critic, config.fsdp)
     params = [*policy.parameters(), *critic.parameters()]
-    optimizer, scheduler = training.optimizer(params, config)
-    guard, timer = training.Guard(config.max_bad_steps, "PPO"), training.Timer()
-    kl_ctl = KLController(config.kl_coef, config.kl_target, config.kl_horizon)
+    optimizer, timer = loop.optimizer_for(params), training.Timer()
+    # beta: the adapted value saved in the checkpoint when resuming, unless kl_coef itself was changed.
+    beta = config.kl_coef if "kl_coef" in loop.changed else loop.state.get("kl_coef", config.kl_coef)
+    kl_ctl = KLController(beta, config.kl_target, config.kl_horizon)
     minibatch = config.batch_size // config.num_minibatches
     trained = {"policy": policy, "critic": critic}
 
-    for step in loop.steps(optimizer, scheduler, guard):
-        kl_ctl.value = loop.state.get("kl_coef", kl_ctl.value)  # restored from the checkpoint on resume
+    for step in loop.steps():
         # 1. Rollout: this rank's prompts, left-padded to the global batch's longest, sampled with uniforms
         # drawn for the whole global batch (the result does not depend on the number of processes).
         rows = training.batch_rows(step, config.batch_size, len(prompt_rows), config.seed)
@@ -117,11 +126,14 @@ def train(config):
             batch = score(policy, reference, critic, reward_model, prompts, responses, response_mask, tokenizer,
                           config, reward_stats)
             batch = {k: distributed.gather_rows(v) for k, v in batch.items()}
-            if not guard.ok(batch["scores"]):
+            if not loop.guard.rollout(batch["scores"], batch["values"], batch["logprobs"]):
                 loop.end_step(step, {}, trained, tokenizer)
                 continue
             mask = batch["response_mask"]
             kl = ops.kl_penalty(batch["logprobs"], batch["ref_logprobs"], estimator="k1")
+            sequence_kl, entropy = (kl * mask).sum(-1).mean().item(), ops.masked_mean(batch["entropy"], mask).item()
+            if why := diverged(config, sequence_kl, entropy):  # this rollout came from the weights after step - 1
+                loop.guard.stop(f"step {step}: {why}", suspect_after=step - 1)
             rewards = ops.kl_shaped_rewards(batch["scores"], kl, mask, kl_coef=kl_ctl.value)
             advantages, returns = ops.gae(rewards, batch["values"], mask, gamma=config.gamma, lam=config.lam)
             if config.whiten_advantages:
@@ -144,19 +156,18 @@ def train(config):
                                                            clip_eps=config.value_clip_eps)
                     loss = pg_loss + config.vf_coef * vf_loss
                     share = training.token_share(m, mask[global_rows])
-                    guard.update(loss * share, optimizer, params, config.max_grad_norm)
+                    loop.guard.update(loss * share, optimizer, params, config.max_grad_norm)
                     stats.append({k: v.detach() * share for k, v in  # * share: global token means
                                   {"pg_loss": pg_loss, "vf_loss": vf_loss, "vf_clip_frac": vf_stats["clip_frac"],
                                    **pg_stats}.items()})
 
-        sequence_kl = (kl * mask).sum(-1).mean().item()
         kl_ctl.update(sequence_kl, config.batch_size)
         loop.state["kl_coef"] = kl_ctl.value
         generated = mask.sum()
         seconds = sum(timer.seconds.values())
         loop.end_step(step, {
             "score": batch["raw_scores"].mean(), "kl": sequence_kl, "kl_coef": kl_ctl.value,
-            "entropy": ops.masked_mean(batch["entropy"], mask),
+            "entropy": entropy,
             **{k: distributed.average(torch.stack([s[k] for s in stats]).mean()) for k in stats[0]},
             "explained_variance": explained_variance(batch["values"], returns, mask),
             "response_length": mask.sum(-1).float().mean(), "eos_rate": batch["has_eos"].float().mean(),

@@ -10,6 +10,7 @@ from . import data, distributed, models, training
 
 SHOWN = ("loss", "accuracy")
 STATS_FILE = "reward_stats.json"  # mean/std of the RM's scores on its training responses
+REPORT_FILE = "report.json"  # in the stage directory: accuracy and AUC on the training and held-out pairs
 
 
 def _scores(model, pairs, pad_id, device):
@@ -91,32 +92,32 @@ def load_stats(path):
     return json.loads(stats.read_text()) if stats.exists() else None
 
 
-def train(config):
-    device = training.setup(config)
-    loop = training.Loop(config, "rm", SHOWN)
+@training.stage("rm", SHOWN)
+def train(config, loop):
     tokenizer = models.load_tokenizer(config.model)
     pairs = data.preference_pairs(config.data, tokenizer, config.max_len)
-    model = models.load_value_model(loop.init_path("model", config.model), tokenizer, config.dtype, device)
+    heldout_rows = data.load_rows(config.eval_data) if config.eval_data else None
+    heldout = data.preference_pairs(config.eval_data, tokenizer, config.max_len, rows=heldout_rows) \
+        if heldout_rows else None
+    model = models.load_value_model(loop.init_path("model", config.model), tokenizer, config.dtype, loop.device)
     trained = distributed.wrap(model, config.fsdp)
-    optimizer, scheduler = training.optimizer(model.parameters(), config)
-    guard = training.Guard(config.max_bad_steps, "reward-model")
-    for step in loop.steps(optimizer, scheduler, guard):
+    optimizer = loop.optimizer_for(model.parameters())
+    for step in loop.steps():
         batch = [pairs[i] for i in training.batch_rows(step, config.batch_size, len(pairs), config.seed)]
-        ids, mask = (t.to(device) for t in data.pair_batch(distributed.my_rows(batch), tokenizer.pad_token_id))
+        ids, mask = (t.to(loop.device) for t in data.pair_batch(distributed.my_rows(batch), tokenizer.pad_token_id))
         chosen, rejected = models.at_last_token(trained(ids, mask), mask).chunk(2)
         loss = -F.logsigmoid(chosen - rejected).mean()  # every rank holds as many pairs: DDP's mean is global
-        guard.update(loss, optimizer, model.parameters(), config.max_grad_norm)
+        loop.guard.update(loss, optimizer, model.parameters(), config.max_grad_norm)
         accuracy = (chosen > rejected).float().mean()
         loop.end_step(step, {"loss": distributed.average(loss), "accuracy": distributed.average(accuracy)},
                       {"model": model}, tokenizer)
-    report = {"train": evaluate(model, pairs[:1024], tokenizer.pad_token_id, device)}
-    if config.eval_data:
-        rows = data.load_rows(config.eval_data)
-        heldout = data.preference_pairs(config.eval_data, tokenizer, config.max_len, rows=rows)
-        report["heldout"] = evaluate(model, heldout, tokenizer.pad_token_id, device, margins=data.pair_margins(rows),
-                                     seed=config.seed)
+    report = {"train": evaluate(model, pairs[:1024], tokenizer.pad_token_id, loop.device)}
+    if heldout:
+        report["heldout"] = evaluate(model, heldout, tokenizer.pad_token_id, loop.device,
+                                     margins=data.pair_margins(heldout_rows), seed=config.seed)
     stats = json.dumps({"mean": report["train"]["mean"], "std": report["train"]["std"]}) + "\n"
-    final = loop.finish(model, tokenizer, ("loss", "accuracy", "lr"), files={STATS_FILE: stats})
-    if distributed.is_main():
-        (loop.dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    return final, report
+    if distributed.is_main():  # before final: a finished stage always has its report
+        (loop.dir / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+        print("rm: pair accuracy " + ", ".join(f"{r['accuracy']:.3f} ({name})" for name, r in report.items())
+              + f"; AUC and margins in {loop.dir / REPORT_FILE}")
+    return loop.finish(model, tokenizer, ("loss", "accuracy", "lr"), files={STATS_FILE: stats})

@@ -5,19 +5,18 @@ from .training import ops
 SHOWN = ("loss", "tokens_per_s")
 
 
-def train(config):
-    device = training.setup(config)
-    loop = training.Loop(config, "sft", SHOWN)
+@training.stage("sft", SHOWN)
+def train(config, loop):
     tokenizer = models.load_tokenizer(config.model)
     examples = data.sft_examples(config.data, tokenizer, config.max_len)
-    model = models.load_policy(loop.init_path("model", config.model), tokenizer, config.dtype, device)
+    model = models.load_policy(loop.init_path("model", config.model), tokenizer, config.dtype, loop.device)
     trained = distributed.wrap(model, config.fsdp)
-    optimizer, scheduler = training.optimizer(model.parameters(), config)
-    guard = training.Guard(config.max_bad_steps, "SFT")
+    optimizer = loop.optimizer_for(model.parameters())
     timer = training.Timer()
-    for step in loop.steps(optimizer, scheduler, guard):
+    for step in loop.steps():
         batch = [examples[i] for i in training.batch_rows(step, config.batch_size, len(examples), config.seed)]
-        ids, mask, labels = (t.to(device) for t in data.sft_batch(distributed.my_rows(batch), tokenizer.pad_token_id))
+        ids, mask, labels = (t.to(loop.device)
+                             for t in data.sft_batch(distributed.my_rows(batch), tokenizer.pad_token_id))
         _, global_mask, global_labels = data.sft_batch(batch, tokenizer.pad_token_id)
         with timer("train"):
             targets = labels[:, 1:]
@@ -25,7 +24,7 @@ def train(config):
             trained_tokens = targets != data.IGNORE
             loss = -ops.masked_mean(logprobs, trained_tokens)
             share = training.token_share(trained_tokens, global_labels[:, 1:] != data.IGNORE)
-            guard.update(loss * share, optimizer, model.parameters(), config.max_grad_norm)
+            loop.guard.update(loss * share, optimizer, model.parameters(), config.max_grad_norm)
         loop.end_step(step, {"loss": distributed.average(loss * share), "tokens_per_s": global_mask.sum() / timer.last("train")},
                       {"model": model}, tokenizer)
     return loop.finish(model, tokenizer, plotted=("loss", "lr"))

@@ -15,7 +15,7 @@ from fastrlhf import cli, data, models  # noqa: E402
 from fastrlhf.annotate import cli as annotate_cli  # noqa: E402
 from fastrlhf.annotate import db, export, importers, stats  # noqa: E402
 from fastrlhf.annotate.app import COOKIE, create_app  # noqa: E402
-from fastrlhf.annotate.sampling import BackgroundSampler, Generation, Policies  # noqa: E402
+from fastrlhf.annotate.sampling import BackgroundSampler, Generation, Policies, distinct  # noqa: E402
 from fastrlhf.demo import task  # noqa: E402
 
 import tiny_run  # noqa: E402
@@ -199,7 +199,7 @@ def test_serve_refuses_a_public_host_without_token(capsys, monkeypatch):
 def test_user_errors_are_one_line(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exit:
-        annotate_cli.main(argv)
+        cli.main(["annotate", *argv])
     error = capsys.readouterr().err
     assert exit.value.code == 2 and error.count("\n") == 1 and message in error
 
@@ -393,3 +393,9 @@ def test_database_is_wal_and_synchronous(tmp_path):
     store.import_judgements([{"prompt": "p", "responses": ["a", "b"], "external_id": "x",
                               "annotations": [{"annotator": "z", "ranks": [1, 2]}]}], "test")
     assert sqlite3.connect(store.path).execute("SELECT COUNT(*) FROM judgements").fetchone()[0] == 1
+
+
+def test_repeated_and_empty_responses_are_not_ranked():
+    # A person cannot prefer a text to itself, and `fastrlhf rm` refuses a ranking that tries.
+    responses = [("good", "a", True), ("", "a", True), ("good", "b", True), ("bad", "b", False), ("  ", "b", True)]
+    assert distinct(responses) == [("good", "a", True), ("bad", "b", False)]

@@ -1,5 +1,5 @@
 """Checkpoints: a PPO run killed with SIGKILL and resumed ends exactly like an uninterrupted one;
-NaN rewards skip updates, then stop the run with the last checkpoint intact."""
+NaN rewards skip updates, then stop the run with the last checkpoint intact and no final."""
 import time
 
 import pytest
@@ -8,6 +8,7 @@ from safetensors.torch import load_file
 
 import tiny_run
 from fastrlhf import checkpoint, config, models, ppo
+from fastrlhf.errors import Stopped
 
 
 @pytest.fixture(scope="module")
@@ -56,11 +57,12 @@ def test_nan_rewards_skip_then_stop_with_checkpoint_intact(paths, tmp_path, monk
     monkeypatch.setattr(models.ValueModel, "score", score)
     cfg = config.PPOConfig(**{**tiny_run.PPO, **paths}, output_dir=str(tmp_path), run="nan", save_every=2,
                            max_bad_steps=3)
-    with pytest.raises(RuntimeError, match="3 consecutive PPO updates had a NaN/inf"):
+    with pytest.raises(Stopped, match="3 updates in a row were skipped .*NaN/inf reward") as stopped:
         ppo.train(cfg)
     stage = tmp_path / "nan" / "ppo"
     saved = checkpoint.latest(stage / "checkpoints")
-    assert saved.name == "step-00000001"
+    assert saved.name == "step-00000001" and f"The newest checkpoint, {saved}, was written before" in str(stopped.value)
+    assert not (stage / "final").exists()
     assert all(torch.isfinite(t).all() for t in load_file(str(saved / "policy" / "model.safetensors")).values())
     records = [r for r in map(__import__("json").loads, (stage / "metrics.jsonl").read_text().splitlines())]
     assert [r["skipped"] for r in records] == [0, 0, 1, 2]

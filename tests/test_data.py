@@ -70,7 +70,20 @@ def test_ranking_pairs_instructgpt():
     pairs = data.ranking_pairs(responses, [2, 1, 4, 3])
     assert len(pairs) == 6  # K(K-1)/2
     assert set(pairs) == {("b", "a"), ("a", "c"), ("a", "d"), ("b", "c"), ("b", "d"), ("d", "c")}
-    assert data.ranking_pairs(responses, [1, 1, 2, 2]) == [("a", "c"), ("a", "d"), ("b", "c"), ("b", "d")]
+    assert data.ranking_pairs(responses, [1, 1, 3, 3]) == [("a", "c"), ("a", "d"), ("b", "c"), ("b", "d")]
+
+
+@pytest.mark.parametrize("ranks,valid", [([2, 1, 4, 3], True), ([1, 1, 3, 3], True), ([1, 2, 2, 4], True),
+                                         ([1, 1, 1, 1], True), ([1, 2, 2, 3], False), ([1, 1, 2, 2], False),
+                                         ([0, 1, 2, 3], False), ([-1, 2, 3, 4], False), ([1, 2, 3, 5], False)])
+def test_a_ranking_is_a_permutation_with_ties_sharing_the_best_place(ranks, valid):
+    assert data.is_ranking(ranks) == valid
+
+
+def test_a_response_repeated_with_the_same_rank_counts_once(tokenizer):
+    rows = [{"prompt": PROMPT, "responses": ["x .", "y .", "x ."], "ranking": [1, 3, 1]}]
+    [(chosen, rejected)] = data.preference_pairs("rows", tokenizer, 32, rows=rows)
+    assert chosen.response == tokenizer("x .")["input_ids"] + [tokenizer.eos_token_id]
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
@@ -107,6 +120,12 @@ BAD = [
     ("preference", [{"prompt": PROMPT, "responses": [ANSWER, "."], "ranking": [1]}], ["row 1", "'ranking'", "2 integer"]),
     ("preference", [{"prompt": PROMPT, "responses": [ANSWER], "ranking": [1]}], ["row 1", "'responses'", "at least 2"]),
     ("preference", [{"prompt": PROMPT, "responses": [ANSWER, "."], "ranking": [1, 1]}], ["no preference pairs"]),
+    ("preference", [{"prompt": PROMPT, "responses": [ANSWER, "."], "ranking": [1, 3]}], ["row 1", "'ranking'", "[1, 3]"]),
+    ("preference", [{"prompt": PROMPT, "responses": [ANSWER, ANSWER], "ranking": [1, 2]}],
+     ["row 1", "'responses'", "responses 1 and 2 are the same text"]),
+    ("preference", [{"prompt": PROMPT, "chosen": ANSWER, "rejected": "."}, {"prompt": PROMPT, "chosen": ".",
+                                                                         "rejected": "."}],
+     ["row 2", "'rejected'", "same text as 'chosen'"]),
     ("prompts", [{"text": PROMPT}], ["row 1", "missing column 'prompt'"]),
     ("prompts", [{"prompt": PROMPT}, {"prompt": 7}], ["row 2", "'prompt'"]),
 ]
@@ -132,9 +151,17 @@ def test_empty_and_missing_files(tmp_path, tokenizer):
     with pytest.raises(data.DataError, match="no such file"):
         data.sft_examples(str(tmp_path / "absent.jsonl"), tokenizer, 32)
     broken = tmp_path / "broken.jsonl"
-    broken.write_text("{not json\n")
-    with pytest.raises(data.DataError, match="broken.jsonl: cannot be read"):
+    broken.write_text('{"prompt": "a"}\n{not json\n')
+    with pytest.raises(data.DataError, match="broken.jsonl: cannot be read as jsonl: line 2, column 2: invalid JSON"):
         data.prompts(str(broken), tokenizer, 32)
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes(b'{"prompt": "a"}\n{"prompt": "caf\xe9"}\n')
+    with pytest.raises(data.DataError, match=r"latin.jsonl, line 2: not UTF-8 text \(byte 0xe9\)"):
+        data.prompts(str(latin), tokenizer, 32)
+    text = tmp_path / "prompts.txt"
+    text.write_text("review : room\n")
+    with pytest.raises(data.DataError, match=r"prompts.txt: unsupported file type .txt: data files are .jsonl, .json"):
+        data.prompts(str(text), tokenizer, 32)
 
 
 def test_long_responses_are_truncated_with_a_warning(tokenizer):

@@ -12,7 +12,8 @@ from fastrlhf.demo import task
 
 
 def make(directory, n_prompts=32):
-    """Writes sft/, rm/ and prompts.jsonl under `directory`; returns their paths."""
+    """Writes sft/, rm/, prompts.jsonl and demonstrations (sft.jsonl) under `directory`; returns the paths
+    that PPO takes."""
     torch.manual_seed(0)
     tokenizer = models.load_tokenizer("demo")
     sft, rm = directory / "sft", directory / "rm"
@@ -21,6 +22,9 @@ def make(directory, n_prompts=32):
     train, _ = task.split_prompts(n_prompts, 0, seed=0)
     prompts = directory / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in train))
+    rng = task.random.Random(0)
+    (directory / "sft.jsonl").write_text("".join(json.dumps({"prompt": p, "response": task.demonstration(p, rng)})
+                                                 + "\n" for p in train))
     return {"policy": str(sft), "reward_model": str(rm), "prompts": str(prompts)}
 
 
@@ -28,9 +32,13 @@ PPO = {"steps": 6, "batch_size": 8, "num_minibatches": 2, "ppo_epochs": 2, "max_
        "kl_target": 1.0, "device": "cpu"}
 
 
-def ppo_args(paths, output_dir, run, **overrides):
-    options = {**PPO, **paths, "output_dir": str(output_dir), "run": run, **overrides}
+def flags(options):
+    """--key value for each option."""
     return [x for key, value in options.items() for x in (f"--{key}", str(value))]
+
+
+def ppo_args(paths, output_dir, run, **overrides):
+    return flags({**PPO, **paths, "output_dir": str(output_dir), "run": run, **overrides})
 
 
 def env():

@@ -1,32 +1,21 @@
-"""`fastrlhf annotate serve|export|import|stats`. A user error prints one line and exits with status 2."""
-import argparse
+"""`fastrlhf annotate serve|export|import|stats`: bad input raises UserError (one line, exit code 2)."""
 import ipaddress
 import json
 import os
 import sqlite3
-import sys
 from pathlib import Path
 
+from ..errors import ArgumentParser, UserError, disk_full
 from . import db as feedback_db
 
 CATEGORIES = "harmful,biased,false,off-task,fine"
 TOKEN_ENV = "FASTRLHF_ANNOTATE_TOKEN"
 
 
-class UsageError(Exception):
-    pass
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message):
-        print(f"{self.prog}: {message} (see --help)", file=sys.stderr)
-        sys.exit(2)
-
-
 def _parser():
-    parser = Parser(prog="fastrlhf annotate", description="Collect human feedback: rank a policy's responses, red "
+    parser = ArgumentParser(prog="fastrlhf annotate", description="Collect human feedback: rank a policy's responses, red "
                     "team it, export preference rows for `fastrlhf rm`.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="command", parser_class=Parser)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="command", parser_class=ArgumentParser)
 
     serve = commands.add_parser("serve", help="sample responses and serve the ranking and red-team pages")
     serve.add_argument("--policy", required=True, help="policy checkpoint (or demo) that writes the responses")
@@ -74,7 +63,7 @@ def _parser():
 
 def _existing_db(path):
     if not Path(path).is_file():
-        raise UsageError(f"--db {path}: no such database")
+        raise UserError(f"--db {path}: no such database")
     return feedback_db.Store(path)
 
 
@@ -90,12 +79,12 @@ def _is_loopback(host):
 def serve(args):
     for name in ("k", "redteam_k", "annotators_per_item", "batch_prompts", "max_new_tokens", "max_prompt_len"):
         if getattr(args, name) < (2 if name == "k" else 1):
-            raise UsageError(f"--{name.replace('_', '-')} must be at least {2 if name == 'k' else 1}")
+            raise UserError(f"--{name.replace('_', '-')} must be at least {2 if name == 'k' else 1}")
     if not _is_loopback(args.host) and not args.token:
-        raise UsageError(f"--host {args.host} is not a loopback address: pass --token (or set ${TOKEN_ENV})")
+        raise UserError(f"--host {args.host} is not a loopback address: pass --token (or set ${TOKEN_ENV})")
     categories = [c.strip() for c in args.categories.split(",") if c.strip()]
     if len(categories) < 2 or len(set(categories)) != len(categories):
-        raise UsageError(f"--categories needs at least two distinct names, got {args.categories!r}")
+        raise UserError(f"--categories needs at least two distinct names, got {args.categories!r}")
 
     import datasets
     import torch
@@ -112,7 +101,7 @@ def serve(args):
     try:
         policies = Policies([args.policy] + ([args.policy2] if args.policy2 else []), generation, args.dtype)
     except (OSError, ValueError) as error:
-        raise UsageError(f"cannot load the policy: {error}") from error
+        raise UserError(f"cannot load the policy: {error}") from error
     rows = data.load_rows(args.prompts)
     ids = data.prompts(args.prompts, policies.tokenizer, args.max_prompt_len, rows=rows)
     store = feedback_db.Store(args.db)
@@ -137,13 +126,13 @@ def run(args):
         return serve(args)
     if args.command == "export":
         if args.min_annotators < 1:
-            raise UsageError("--min-annotators must be at least 1")
+            raise UserError("--min-annotators must be at least 1")
         for path, n in export.export(_existing_db(args.db), args.out, args.min_annotators, args.redteam_prompts,
                                      args.redteam_pairs).items():
             print(f"{path}: {n} rows")
     elif args.command == "import":
         if not Path(args.file).is_file():
-            raise UsageError(f"{args.file}: no such file")
+            raise UserError(f"{args.file}: no such file")
         rows = importers.read_json(args.file)
         if args.format == "argilla":
             records = importers.argilla(rows, args.question, args.prompt_field)
@@ -157,11 +146,12 @@ def run(args):
     return 0
 
 
-def main(argv=None):
+def main(argv):
+    """Run by `fastrlhf annotate ...` (fastrlhf.cli prints a UserError as one line, exit code 2)."""
     args = _parser().parse_args(argv)
-    from ..data import DataError
     try:
         return run(args)
-    except (UsageError, DataError, OSError, sqlite3.Error) as error:
-        print(f"fastrlhf annotate {args.command}: {error}", file=sys.stderr)
-        sys.exit(2)
+    except (OSError, sqlite3.Error) as error:
+        if isinstance(error, OSError) and disk_full(error):
+            raise
+        raise UserError(str(error)) from error

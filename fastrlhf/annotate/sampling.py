@@ -31,6 +31,18 @@ def sample(policy, tokenizer, prompt_ids, n, generation, seed):
     return [texts[i * n:(i + 1) * n] for i in range(len(prompt_ids))]
 
 
+def distinct(responses):
+    """The responses worth ranking: empty texts and repeats of an earlier text dropped (a person cannot
+    prefer a text to itself, and `fastrlhf rm` refuses rankings that try). A prompt left with fewer
+    than two is not an item."""
+    seen, kept = set(), []
+    for text, policy, finished in responses:
+        if text.strip() and text not in seen:
+            seen.add(text)
+            kept.append((text, policy, finished))
+    return kept
+
+
 class Policies:
     """The policy versions that write responses (sharing one tokenizer), behind one lock: the background
     sampler and red-team requests take turns, a batch at a time."""
@@ -80,7 +92,8 @@ class BackgroundSampler(threading.Thread):
                 batch = todo[start:start + self.batch_prompts]
                 # Seeded by the prompt's place in the file: a restart samples what it would have.
                 responses = self.policies.respond([ids for _, _, ids in batch], self.k, self.seed + batch[0][0])
-                self.store.add_items([(prompt, r) for (_, prompt, _), r in zip(batch, responses)])
+                items = [(prompt, distinct(r)) for (_, prompt, _), r in zip(batch, responses)]
+                self.store.add_items([(prompt, r) for prompt, r in items if len(r) >= 2])
                 self.remaining -= len(batch)
         except Exception as error:  # the server keeps serving what was sampled; the page shows why it stopped
             self.error = f"{type(error).__name__}: {error}"
