@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from fastrlhf import ops, reference
+from helpers import chi_square_p_value
 
 IMPLEMENTATIONS = [name for name in ("triton", "reference") if name in ops.available_backends()]
 
@@ -80,22 +81,6 @@ def test_bad_arguments_are_named():
         ops.sample_tokens(logits, torch.rand(3), *good[1:])
     with pytest.raises(TypeError, match="top_k must be"):
         ops.sample_tokens(logits, *good[:2], torch.zeros(4), good[3])
-
-
-def chi_square_p_value(tokens, probs):
-    """p-value of the draws under probs (bins expected to hold < 5 draws merged into one); 0 if a token of
-    probability 0 was drawn."""
-    n = tokens.numel()
-    observed = torch.bincount(tokens, minlength=probs.numel()).double()
-    expected = probs.double() * n
-    small = expected < 5
-    observed = torch.cat([observed[~small], observed[small].sum()[None]])
-    expected = torch.cat([expected[~small], expected[small].sum()[None]])
-    keep = expected > 0
-    if observed[~keep].sum() > 0:
-        return 0.0
-    statistic = ((observed[keep] - expected[keep]) ** 2 / expected[keep]).sum()
-    return torch.special.gammaincc((keep.sum() - 1) / 2.0, statistic / 2).item()
 
 
 PEAKED = torch.tensor([3.0, 2.2, 2.0, 1.1, 0.4, 0.0, -0.5, -1.0, -1.2, -2.0, -3.0, -4.0])  # p(top) ~0.4 at T=1
