@@ -2,7 +2,7 @@
 CDF from the row's own uniform number, with its log-prob under the distribution it was drawn from.
 
 CUDA tensors: the Triton kernel (kernels/sampling.py: no sort of the vocabulary, one program per row).
-CPU tensors: `reference.sample_tokens` in float32 (it sorts a row only when filtering is asked for).
+CPU tensors: the same draw in a few float32 passes of PyTorch (a sort only when filtering is asked for).
 No check here reads tensor data, so the op can sit inside a captured CUDA graph or a compiled step;
 the sampler validates the settings once per call.
 """
@@ -38,5 +38,20 @@ def sample_tokens(logits, uniforms, temperature, top_k, top_p, *, filtering=True
             logits = logits.contiguous()
         return kernels_for(logits.device).sample_tokens(logits, uniforms.contiguous(), temperature.contiguous(),
                                                         top_k.contiguous(), top_p.contiguous())
-    tokens, logprobs = reference.sample_tokens(logits, uniforms, temperature, top_k, top_p, filtering=filtering)
-    return tokens, logprobs.float()
+    return _sample_cpu(logits, uniforms, temperature, top_k, top_p, filtering)
+
+
+def _sample_cpu(logits, uniforms, temperature, top_k, top_p, filtering):
+    """reference.sample_tokens in float32, in six passes over the logits."""
+    greedy = temperature == 0
+    z = logits.float() / torch.where(greedy, 1.0, temperature)[:, None]
+    if filtering:
+        z = reference.top_k_top_p_filter(z, top_k, top_p)
+    peak = z.amax(-1)
+    cdf = (z - peak[:, None]).exp_().cumsum_(-1)  # unnormalised
+    total = cdf[:, -1]
+    # Below the total, so the count stops at a token of nonzero mass even when u * total rounds up to it.
+    target = torch.minimum(uniforms * total, torch.nextafter(total, torch.zeros_like(total)))
+    tokens = torch.where(greedy, z.argmax(-1), (cdf <= target[:, None]).sum(-1))
+    logprobs = z.gather(-1, tokens[:, None]).squeeze(-1) - peak - total.log()
+    return tokens, torch.where(greedy, 0.0, logprobs)
