@@ -42,7 +42,7 @@ def sample_tokens(logits, uniforms, temperature, top_k, top_p, *, filtering=True
 
 
 def _sample_cpu(logits, uniforms, temperature, top_k, top_p, filtering):
-    """reference.sample_tokens in float32, in six passes over the logits."""
+    """reference.sample_tokens in float32, in five passes over the logits and a binary search."""
     greedy = temperature == 0
     z = logits.float() / torch.where(greedy, 1.0, temperature)[:, None]
     if filtering:
@@ -52,6 +52,6 @@ def _sample_cpu(logits, uniforms, temperature, top_k, top_p, filtering):
     total = cdf[:, -1]
     # Below the total, so the count stops at a token of nonzero mass even when u * total rounds up to it.
     target = torch.minimum(uniforms * total, torch.nextafter(total, torch.zeros_like(total)))
-    tokens = torch.where(greedy, z.argmax(-1), (cdf <= target[:, None]).sum(-1))
+    tokens = torch.where(greedy, z.argmax(-1), torch.searchsorted(cdf, target[:, None], right=True).squeeze(-1))
     logprobs = z.gather(-1, tokens[:, None]).squeeze(-1) - peak - total.log()
     return tokens, torch.where(greedy, 0.0, logprobs)
