@@ -139,9 +139,18 @@ class Sampler:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         if max_length < 2:
             raise ValueError(f"max_length must be >= 2 (a prompt token and a response token), got {max_length}")
-        learned_positions = getattr(model.config, "n_positions", None)  # GPT-2's learned position table
+        config = model.config
+        learned_positions = getattr(config, "n_positions", None)  # GPT-2's learned position table
         if learned_positions is not None and max_length > learned_positions:
             raise ValueError(f"max_length ({max_length}) exceeds the model's {learned_positions} learned positions")
+        window = getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) else None
+        if window is not None and max_length > window:
+            raise ValueError(f"max_length ({max_length}) exceeds the model's sliding window ({window}); the sampler's "
+                             "attention mask covers full attention only")
+        attention = getattr(config, "_attn_implementation", None) or "eager"
+        if attention not in ("sdpa", "eager"):
+            raise ValueError(f"the sampler passes a 4-D attention mask, which needs attn_implementation 'sdpa' or "
+                             f"'eager'; the model uses {attention!r}")
         hf_model = next((m for m in model.modules() if isinstance(m, PreTrainedModel)), None)
         if hf_model is None or not (getattr(hf_model, "_supports_static_cache", False)
                                     or getattr(hf_model, "_can_compile_fullgraph", False)):
@@ -171,6 +180,9 @@ class Sampler:
         the numbers each row draws with (default: per row from `seed`, or torch's global generator).
         stop_early=False always runs max_new_tokens forward passes (FSDP ranks must run the same number).
         """
+        for name, value in (("eos_token_id", eos_token_id), ("pad_token_id", pad_token_id)):
+            if not (isinstance(value, int) or (value is None and name == "eos_token_id")):
+                raise ValueError(f"{name} must be an int{' or None' if name == 'eos_token_id' else ''}, got {value!r}")
         ids, mask = self._prompts(prompts, pad_token_id)
         rows, width = ids.shape
         if rows > self.max_batch_size:

@@ -13,8 +13,9 @@ IMPLEMENTATIONS = [name for name in ("triton", "reference") if name in ops.avail
 
 @pytest.fixture(params=IMPLEMENTATIONS)
 def implementation(request):
+    """The device the implementation runs on: triton on CUDA when there is a GPU (else interpreted)."""
     previous = ops.set_backend(request.param)  # any backend but triton runs the CPU path on CPU tensors
-    yield request.param
+    yield torch.device("cuda" if request.param == "triton" and torch.cuda.is_available() else "cpu")
     ops.set_backend(previous)
 
 
@@ -26,8 +27,9 @@ def settings(rows, vocab):
     return temperature, top_k, top_p
 
 
-def check_against_reference(logits, uniforms, temperature, top_k, top_p):
-    tokens, logprobs = ops.sample_tokens(logits, uniforms, temperature, top_k, top_p)
+def check_against_reference(device, logits, uniforms, temperature, top_k, top_p):
+    inputs = (logits, uniforms, temperature, top_k, top_p)
+    tokens, logprobs = (t.cpu() for t in ops.sample_tokens(*(t.to(device) for t in inputs)))
     assert tokens.dtype == torch.long and logprobs.dtype == torch.float32
     expected = reference.filtered_log_softmax(logits.double(), temperature, top_k, top_p)
     ref_tokens, _ = reference.sample_tokens(logits.double(), uniforms, temperature, top_k, top_p)
@@ -48,7 +50,7 @@ def check_against_reference(logits, uniforms, temperature, top_k, top_p):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_matches_the_reference(implementation, vocab, rows, dtype):
     logits = (torch.randn(rows, vocab) * 3).to(dtype)
-    check_against_reference(logits, torch.rand(rows), *settings(rows, vocab))
+    check_against_reference(implementation, logits, torch.rand(rows), *settings(rows, vocab))
 
 
 def test_ties_and_masked_vocabulary(implementation):
@@ -58,7 +60,7 @@ def test_ties_and_masked_vocabulary(implementation):
     logits = torch.randint(0, 4, (rows, vocab)).float()
     logits[::2, torch.randperm(vocab)[:250]] = float("-inf")
     logits[1, 3:] = float("-inf")  # 3 finite logits, top_k 5
-    check_against_reference(logits, torch.rand(rows), *settings(rows, vocab))
+    check_against_reference(implementation, logits, torch.rand(rows), *settings(rows, vocab))
     one = (torch.ones(1), torch.tensor([3]), torch.ones(1))  # top-k 3 of tied values: every tie of the 3rd
     kept = torch.isfinite(reference.filtered_log_softmax(logits[:1].double(), *one))[0]
     assert torch.equal(kept, logits[0] >= logits[0].sort(descending=True).values[2])
@@ -67,8 +69,9 @@ def test_ties_and_masked_vocabulary(implementation):
 def test_uniform_edges(implementation):
     """u = 0 draws the first token of nonzero probability; u just below 1 the last one."""
     logits = torch.tensor([[float("-inf"), 0.0, 1.0, float("-inf")]] * 2)
-    temperature, top_k, top_p = torch.ones(2), torch.zeros(2, dtype=torch.long), torch.ones(2)
-    tokens, _ = ops.sample_tokens(logits, torch.tensor([0.0, 1 - 2**-24]), temperature, top_k, top_p)
+    unfiltered = (torch.ones(2), torch.zeros(2, dtype=torch.long), torch.ones(2))
+    uniforms = torch.tensor([0.0, 1 - 2**-24])
+    tokens, _ = ops.sample_tokens(*(t.to(implementation) for t in (logits, uniforms, *unfiltered)))
     assert tokens.tolist() == [1, 2]
 
 
