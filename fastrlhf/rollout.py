@@ -80,11 +80,11 @@ class _BucketCache(StaticCache):
     def __init__(self, model, store, batch, length, column):
         super().__init__(config=model.config, max_cache_len=length, device="meta", dtype=model.dtype,
                          **{_BATCH_KEYWORD: batch})
-        self.store, self.shape, self.column, self.views = store, (batch, length), column, {}
+        self.store, self.bucket_shape, self.column, self.views = store, (batch, length), column, {}
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
         if layer_idx not in self.views:
-            self.views[layer_idx] = tuple(self.store.view(name, layer_idx, *self.shape, states)
+            self.views[layer_idx] = tuple(self.store.view(name, layer_idx, *self.bucket_shape, states)
                                           for name, states in (("keys", key_states), ("values", value_states)))
         keys, values = self.views[layer_idx]
         n = key_states.shape[-2]
@@ -180,9 +180,6 @@ class Sampler:
         the numbers each row draws with (default: per row from `seed`, or torch's global generator).
         stop_early=False always runs max_new_tokens forward passes (FSDP ranks must run the same number).
         """
-        for name, value in (("eos_token_id", eos_token_id), ("pad_token_id", pad_token_id)):
-            if not (isinstance(value, int) or (value is None and name == "eos_token_id")):
-                raise ValueError(f"{name} must be an int{' or None' if name == 'eos_token_id' else ''}, got {value!r}")
         ids, mask = self._prompts(prompts, pad_token_id)
         rows, width = ids.shape
         if rows > self.max_batch_size:
@@ -190,22 +187,17 @@ class Sampler:
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
         if width + max_new_tokens > self.max_length:
-            raise ValueError(f"prompt width {width} + max_new_tokens {max_new_tokens} exceeds max_length={self.max_length}")
-        temperature = _per_row("temperature", temperature, rows, torch.float32)
-        top_k = _per_row("top_k", top_k, rows, torch.long)
-        top_p = _per_row("top_p", top_p, rows, torch.float32)
-        if not (temperature.isfinite().all() and (temperature >= 0).all()):
-            raise ValueError(f"temperature must be finite and >= 0, got {temperature.tolist()}")
-        if (top_k < 0).any():
-            raise ValueError(f"top_k must be >= 0 (0: off), got {top_k.tolist()}")
-        if not ((top_p > 0) & (top_p <= 1)).all():
-            raise ValueError(f"top_p must be in (0, 1] (1: off), got {top_p.tolist()}")
+            raise ValueError(f"prompt width {width} + max_new_tokens {max_new_tokens} exceeds "
+                             f"max_length={self.max_length}")
+        if not (eos_token_id is None or isinstance(eos_token_id, int)):
+            raise ValueError(f"eos_token_id must be an int or None, got {eos_token_id!r}")
+        temperature, top_k, top_p = _settings(rows, temperature, top_k, top_p)
         uniforms = self._uniforms(uniforms, seed, rows, max_new_tokens)
 
         bucket = self._bucket(batch_bucket(rows), length_bucket(width + max_new_tokens, self.max_length))
         bucket.filtering = bool((top_k > 0).any() or (top_p < 1).any())
         step = self._captured_step(bucket) if self.cuda_graphs else lambda: self.decode_step(bucket)
-        self._load(bucket, mask, temperature, top_k, top_p, uniforms, eos_token_id, pad_token_id)
+        self._load(bucket, temperature, top_k, top_p, uniforms, eos_token_id, pad_token_id)
         self._record(bucket, self._prefill(bucket, ids, mask, pad_token_id))
         done = _DoneFlag(bucket.all_finished)
         for i in range(1, max_new_tokens):
@@ -268,7 +260,7 @@ class Sampler:
         b.position.copy_(prompt_mask.sum(-1))
         return logits
 
-    def _load(self, b, mask, temperature, top_k, top_p, uniforms, eos_token_id, pad_token_id):
+    def _load(self, b, temperature, top_k, top_p, uniforms, eos_token_id, pad_token_id):
         """Fills the bucket's inputs for a new batch; padding rows are finished before they start."""
         rows, steps = uniforms.shape
         b.finished.fill_(True)
@@ -313,6 +305,8 @@ class Sampler:
         return b.graphs[b.filtering].replay
 
     def _prompts(self, prompts, pad_token_id):
+        if not isinstance(pad_token_id, int):
+            raise ValueError(f"pad_token_id must be an int, got {pad_token_id!r}")
         if isinstance(prompts, (tuple, list)) and len(prompts) == 2 and isinstance(prompts[0], torch.Tensor):
             ids, mask = prompts
             if ids.dim() != 2 or mask.shape != ids.shape:
@@ -368,8 +362,22 @@ class _DoneFlag:
         return done
 
 
+def _settings(rows, temperature, top_k, top_p):
+    """The sampling settings, one value per row, checked (on the CPU, before they reach the bucket)."""
+    temperature = _per_row("temperature", temperature, rows, torch.float32)
+    top_k = _per_row("top_k", top_k, rows, torch.long)
+    top_p = _per_row("top_p", top_p, rows, torch.float32)
+    if not (temperature.isfinite().all() and (temperature >= 0).all()):
+        raise ValueError(f"temperature must be finite and >= 0, got {temperature.tolist()}")
+    if (top_k < 0).any():
+        raise ValueError(f"top_k must be >= 0 (0: off), got {top_k.tolist()}")
+    if not ((top_p > 0) & (top_p <= 1)).all():
+        raise ValueError(f"top_p must be in (0, 1] (1: off), got {top_p.tolist()}")
+    return temperature, top_k, top_p
+
+
 def _per_row(name, value, rows, dtype):
-    """A sampling setting as one value per row, on the CPU (checked there, then loaded into the bucket)."""
+    """A number or one value per row, as a CPU tensor of one value per row."""
     tensor = torch.as_tensor(value).detach().cpu()
     if tensor.dtype.is_floating_point and not dtype.is_floating_point and (tensor != tensor.round()).any():
         raise ValueError(f"{name} must be integers, got {tensor.tolist()}")

@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-PIVOTS = tl.constexpr(16)  # keys tried per pass of the threshold search: the interval shrinks 16-fold per read of the row
+PIVOTS = tl.constexpr(16)  # keys tried per read of the row in the threshold search: the interval shrinks 16-fold
 _SMALL, _LARGE = (128, 4), (1024, 8)  # (BLOCK_V, num_warps): a row that fits one small block, or any other
 _INT32_MAX = tl.constexpr(2**31 - 1)
 

@@ -53,15 +53,12 @@ def _seconds(fn, repeats, device):
 
 def _floor_bytes(model, config, batch, prompt_lengths, new_tokens, dtype):
     """Bytes a decode step must read, summed over the steps: every weight once plus the KV cache so far."""
-    weights = sum(p.numel() for p in model.parameters()) * p_size(dtype)
+    size = torch.empty(0, dtype=dtype).element_size()
+    weights = sum(p.numel() for p in model.parameters()) * size
     heads = getattr(config, "num_key_value_heads", config.num_attention_heads)
-    per_token = 2 * config.num_hidden_layers * heads * (config.hidden_size // config.num_attention_heads) * p_size(dtype)
+    per_token = 2 * config.num_hidden_layers * heads * (config.hidden_size // config.num_attention_heads) * size
     context = sum(prompt_lengths) / len(prompt_lengths)
     return sum(weights + batch * (context + t) * per_token for t in range(new_tokens))
-
-
-def p_size(dtype):
-    return torch.empty(0, dtype=dtype).element_size()
 
 
 def measure(name, config, dtype, new_tokens, repeats, batch, device, pad=0):
