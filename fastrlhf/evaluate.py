@@ -6,8 +6,7 @@ import torch
 from . import data, models, training
 from . import reward_model as rm
 from .config import check
-from .generation import generate
-from .ppo import response_logprobs
+from .rollout import Sampler
 
 LABELERS = ("demo",)
 
@@ -22,18 +21,18 @@ def labeler(name):
     return gold_score
 
 
-@torch.no_grad()
-def sample(policy, prompts, tokenizer, *, temperature, max_new_tokens, batch_size, seed, device):
-    """[(response ids, response mask, prompt ids, prompt mask)] per batch of prompts (token id lists)."""
-    noise = torch.Generator().manual_seed(seed)
+def sample(sampler, prompts, tokenizer, *, temperature, max_new_tokens, seed, device):
+    """[(response ids, response mask, prompt ids, prompt mask)] per batch of sampler.max_batch_size prompts
+    (token id lists). Row i draws with uniforms of row i from `seed`, whatever the batch size."""
+    uniforms = torch.rand(len(prompts), max_new_tokens, generator=torch.Generator().manual_seed(seed))
     batches = []
-    for start in range(0, len(prompts), batch_size):
-        prompt_ids, prompt_mask = (t.to(device) for t in data.pad(prompts[start:start + batch_size],
-                                                                   tokenizer.pad_token_id, "left"))
-        uniforms = torch.rand(max_new_tokens, prompt_ids.shape[0], generator=noise).to(device)
-        responses, mask = generate(policy, prompt_ids, prompt_mask, uniforms, temperature=temperature,
-                                   eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id)
-        batches.append((responses, mask, prompt_ids, prompt_mask))
+    for start in range(0, len(prompts), sampler.max_batch_size):
+        rows = slice(start, start + sampler.max_batch_size)
+        prompt_ids, prompt_mask = (t.to(device) for t in data.pad(prompts[rows], tokenizer.pad_token_id, "left"))
+        out = sampler.generate((prompt_ids, prompt_mask), max_new_tokens=max_new_tokens, temperature=temperature,
+                               eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                               uniforms=uniforms[rows])
+        batches.append((out.response_ids, out.response_mask, prompt_ids, prompt_mask))
     return batches
 
 
@@ -52,8 +51,10 @@ def score_policy(policy, prompt_texts, prompts, tokenizer, config, device, rewar
                  gold=None):
     """Per-sample tensors: length, eos, and rm / kl / gold when their scorer is given."""
     out = {"length": [], "eos": [], "rm": [], "kl": [], "gold": [], "text": []}
-    batches = sample(policy, prompts, tokenizer, temperature=config.temperature, max_new_tokens=config.max_new_tokens,
-                     batch_size=config.batch_size, seed=config.seed, device=device)
+    sampler = Sampler(policy, max_batch_size=min(config.batch_size, len(prompts)),
+                      max_length=max(map(len, prompts)) + config.max_new_tokens)
+    batches = sample(sampler, prompts, tokenizer, temperature=config.temperature,
+                     max_new_tokens=config.max_new_tokens, seed=config.seed, device=device)
     offset = 0
     for responses, mask, prompt_ids, prompt_mask in batches:
         ids, attention = torch.cat([prompt_ids, responses], 1), torch.cat([prompt_mask, mask], 1)
@@ -63,8 +64,8 @@ def score_policy(policy, prompt_texts, prompts, tokenizer, config, device, rewar
         if reward_model is not None:
             out["rm"].append(reward_model.score(ids, attention))
         if reference is not None:
-            logprobs = response_logprobs(policy, ids, attention, responses, mask, config.temperature)
-            ref_logprobs = response_logprobs(reference, ids, attention, responses, mask, config.temperature)
+            logprobs = models.response_logprobs(policy, ids, attention, responses, mask, config.temperature)
+            ref_logprobs = models.response_logprobs(reference, ids, attention, responses, mask, config.temperature)
             out["kl"].append((logprobs - ref_logprobs).sum(-1))
         if gold is not None:
             rows = prompt_texts[offset:offset + len(texts)]

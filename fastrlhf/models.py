@@ -12,6 +12,7 @@ import transformers
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, LlamaConfig
 
+from . import data, ops
 from .config import is_local
 from .errors import UserError
 
@@ -127,6 +128,15 @@ def load_value_model(name, tokenizer, dtype="float32", device="cpu"):
 
 def logits(policy, input_ids, attention_mask):
     return policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions(attention_mask)).logits
+
+
+def response_logprobs(policy, ids, mask, responses, response_mask, temperature, entropy=False):
+    """Teacher-forced log pi(token | prefix) of each response token at the sampling temperature (0 where
+    masked); with entropy=True also the entropy of each of those distributions. ids = prompts + responses."""
+    prompt_len = ids.shape[1] - responses.shape[1]
+    predicting = logits(policy, ids, mask)[:, prompt_len - 1:-1]  # the logits that predicted each response token
+    labels = responses.masked_fill(~response_mask, data.IGNORE)
+    return ops.token_logprobs(predicting, labels, temperature=temperature, return_entropy=entropy)
 
 
 def save(model, tokenizer, path, state_dict=None):

@@ -11,6 +11,7 @@ import torch
 from . import checkpoint, data, distributed, evaluate, models, ppo, reward_model, sft, training
 from .config import EvalConfig, check
 from .demo import task
+from .rollout import Sampler
 
 
 def pipeline(config):
@@ -59,8 +60,9 @@ def label_candidates(policy_path, prompts, path, config, seed):
     policy = models.load_policy(policy_path, tokenizer, config.dtype, device)
     repeated = [p for p in prompts for _ in range(config.candidates)]
     ids = data.prompts(str(path), tokenizer, config.ppo.max_prompt_len, rows=[{"prompt": p} for p in repeated])
-    batches = evaluate.sample(policy, ids, tokenizer, temperature=config.candidate_temperature,
-                              max_new_tokens=config.ppo.max_new_tokens, batch_size=256, seed=seed, device=device)
+    sampler = Sampler(policy, max_batch_size=min(256, len(ids)), max_length=max(map(len, ids)) + config.ppo.max_new_tokens)
+    batches = evaluate.sample(sampler, ids, tokenizer, temperature=config.candidate_temperature,
+                              max_new_tokens=config.ppo.max_new_tokens, seed=seed, device=device)
     texts = [t for responses, mask, _, _ in batches for t in evaluate.decode(tokenizer, responses, mask)]
     rows = []
     for i, prompt in enumerate(prompts):

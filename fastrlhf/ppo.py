@@ -10,8 +10,8 @@ import torch.nn.functional as F
 
 from . import data, distributed, models, training
 from .training import ops
-from .generation import generate
 from .reward_model import load_stats
+from .rollout import Sampler
 
 SHOWN = ("score", "kl", "eos_rate", "clip_frac")
 PLOTTED = ("score", "kl", "entropy", "clip_frac", "approx_kl", "vf_loss", "explained_variance",
@@ -30,28 +30,20 @@ class KLController:
             self.value *= 1.0 + error * rollouts / self.horizon
 
 
-def response_logprobs(policy, ids, mask, responses, response_mask, temperature, entropy=False):
-    """log pi(token | prefix) of each response token, at the sampling temperature (0 where masked)."""
-    P = ids.shape[1] - responses.shape[1]
-    logits = models.logits(policy, ids, mask)[:, P - 1:-1]  # the logits that predicted each response token
-    labels = responses.masked_fill(~response_mask, data.IGNORE)
-    return ops.token_logprobs(logits, labels, temperature=temperature, return_entropy=entropy)
-
-
 def response_values(critic, ids, mask, responses):
     """V(prefix) before each response token."""
     return critic(ids, mask)[:, ids.shape[1] - responses.shape[1] - 1:-1]
 
 
-@torch.no_grad()
-def sample(policy, prompts, uniforms, tokenizer, config):
-    """This rank's responses, right-padded to the longest over all ranks so that rows can be gathered."""
-    responses, response_mask = generate(policy, *prompts, uniforms, temperature=config.temperature,
-                                        eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
-                                        stop_early=not config.fsdp)
-    width = distributed.max_over_ranks(responses.shape[1])
-    return (F.pad(responses, (0, width - responses.shape[1]), value=tokenizer.pad_token_id),
-            F.pad(response_mask, (0, width - response_mask.shape[1]), value=False))
+def sample(sampler, prompts, uniforms, tokenizer, config):
+    """This rank's responses, their mask and the sampler's log-probs, right-padded to the longest response
+    over all ranks so that rows can be gathered. FSDP ranks run the same number of forward passes."""
+    out = sampler.generate(prompts, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                           eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                           uniforms=uniforms, stop_early=not config.fsdp)
+    extra = distributed.max_over_ranks(out.response_ids.shape[1]) - out.response_ids.shape[1]
+    return (F.pad(out.response_ids, (0, extra), value=tokenizer.pad_token_id),
+            F.pad(out.response_mask, (0, extra), value=False), F.pad(out.logprobs, (0, extra)))
 
 
 @torch.no_grad()
@@ -59,8 +51,9 @@ def score(policy, reference, critic, reward_model, prompts, responses, response_
           reward_stats):
     """Everything the update needs about this rank's rollouts, one row each."""
     ids, mask = torch.cat([prompts[0], responses], 1), torch.cat([prompts[1], response_mask], 1)
-    logprobs, entropy = response_logprobs(policy, ids, mask, responses, response_mask, config.temperature, True)
-    ref_logprobs = response_logprobs(reference, ids, mask, responses, response_mask, config.temperature)
+    logprobs, entropy = models.response_logprobs(policy, ids, mask, responses, response_mask, config.temperature,
+                                                 True)
+    ref_logprobs = models.response_logprobs(reference, ids, mask, responses, response_mask, config.temperature)
     raw_scores = reward_model.score(ids, mask)
     scores = raw_scores
     if config.normalize_reward and reward_stats:
@@ -72,6 +65,14 @@ def score(policy, reference, critic, reward_model, prompts, responses, response_
             "logprobs": logprobs, "ref_logprobs": ref_logprobs, "entropy": entropy,
             "values": response_values(critic, ids, mask, responses), "scores": scores,
             "raw_scores": raw_scores, "has_eos": has_eos}
+
+
+def rollout_ratio_stats(trainer_logprobs, sampler_logprobs, mask):
+    """exp(trainer - sampler log-prob) per token: the trainer's are the first epoch's old log-probs (a
+    teacher-forced forward before any update), so any spread is a sampler/trainer mismatch, not learning."""
+    ratio = torch.exp(trainer_logprobs - sampler_logprobs)
+    return {"rollout_ratio_mean": ops.masked_mean(ratio, mask), "rollout_ratio_max": ratio.masked_fill(~mask, 0).max(),
+            "rollout_ratio_frac_outside": ops.masked_mean(((ratio < 0.9) | (ratio > 1.1)).float(), mask)}
 
 
 def explained_variance(values, returns, mask):
@@ -107,6 +108,9 @@ def train(config, loop):
     kl_ctl = KLController(beta, config.kl_target, config.kl_horizon)
     minibatch = config.batch_size // config.num_minibatches
     trained = {"policy": policy, "critic": critic}
+    # Static KV cache and CUDA graphs, made once; FSDP gathers weights inside each forward: no graphs.
+    sampler = Sampler(policy, max_batch_size=len(distributed.my_rows(range(config.batch_size))),
+                      max_length=config.max_prompt_len + config.max_new_tokens, cuda_graphs=not config.fsdp)
 
     for step in loop.steps():
         # 1. Rollout: this rank's prompts, left-padded to the global batch's longest, sampled with uniforms
@@ -116,15 +120,16 @@ def train(config, loop):
         prompts = [t.to(device) for t in data.pad([prompt_rows[i] for i in distributed.my_rows(rows)],
                                                   tokenizer.pad_token_id, "left", width)]
         noise = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
-        uniforms = distributed.my_rows(torch.rand(config.batch_size, config.max_new_tokens, generator=noise)).T
+        uniforms = distributed.my_rows(torch.rand(config.batch_size, config.max_new_tokens, generator=noise))
         with timer("rollout"):
-            responses, response_mask = sample(policy, prompts, uniforms.to(device), tokenizer, config)
+            responses, response_mask, sampler_logprobs = sample(sampler, prompts, uniforms, tokenizer, config)
 
         # 2. Score: logprobs of policy and reference, values, reward-model scores; then rewards and
         # advantages over the global batch.
         with timer("score"):
             batch = score(policy, reference, critic, reward_model, prompts, responses, response_mask, tokenizer,
                           config, reward_stats)
+            batch["sampler_logprobs"] = sampler_logprobs
             batch = {k: distributed.gather_rows(v) for k, v in batch.items()}
             if not loop.guard.rollout(batch["scores"], batch["values"], batch["logprobs"]):
                 loop.end_step(step, {}, trained, tokenizer)
@@ -148,7 +153,7 @@ def train(config, loop):
                     global_rows = order[start:start + minibatch]
                     mb = distributed.my_rows(global_rows)
                     ids, attention, responses, m = (batch[k][mb] for k in ("ids", "mask", "responses", "response_mask"))
-                    logprobs = response_logprobs(policy_ddp, ids, attention, responses, m, config.temperature)
+                    logprobs = models.response_logprobs(policy_ddp, ids, attention, responses, m, config.temperature)
                     values = response_values(critic_ddp, ids, attention, responses)
                     pg_loss, pg_stats = ops.ppo_policy_loss(logprobs, batch["logprobs"][mb], advantages[mb], m,
                                                             clip_eps=config.clip_eps)
@@ -171,6 +176,7 @@ def train(config, loop):
             **{k: distributed.average(torch.stack([s[k] for s in stats]).mean()) for k in stats[0]},
             "explained_variance": explained_variance(batch["values"], returns, mask),
             "response_length": mask.sum(-1).float().mean(), "eos_rate": batch["has_eos"].float().mean(),
+            **rollout_ratio_stats(batch["logprobs"], batch["sampler_logprobs"], mask),
             "tokens_per_s": generated / seconds,
             **{f"time_{k}": v for k, v in timer.seconds.items()},
         }, trained, tokenizer)

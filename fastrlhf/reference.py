@@ -150,3 +150,47 @@ def kl_shaped_rewards(scores, kl, mask, *, kl_coef, score_clip=None):
     has_tokens = m.sum(-1, keepdim=True) > 0
     score = torch.where(has_tokens, scores.to(dtype).unsqueeze(-1), 0.0)
     return rewards.scatter_add(-1, last, score)
+
+
+def top_k_top_p_filter(z, top_k, top_p):
+    """z [B, V] with -inf outside each row's kept set: top-k keeps z >= the k-th largest z (top_k 0 or
+    >= V: all); top-p then keeps z >= the largest value v whose {z >= v} holds at least top_p of the
+    top-k mass (top_p 1: all). Tied values are kept or dropped together."""
+    vocab = z.shape[-1]
+    ranked = z.sort(-1, descending=True).values
+    k = torch.where((top_k > 0) & (top_k < vocab), top_k, vocab)
+    top_k_value = ranked.gather(-1, (k - 1)[:, None])
+    ranked = ranked.masked_fill(ranked < top_k_value, float("-inf"))
+    mass = torch.softmax(ranked, -1).cumsum(-1)
+    first = (mass < top_p[:, None].to(z.dtype)).sum(-1, keepdim=True).clamp(max=vocab - 1)
+    top_p_value = torch.where(top_p[:, None] < 1, ranked.gather(-1, first), float("-inf"))
+    return z.masked_fill(z < torch.maximum(top_k_value, top_p_value), float("-inf"))
+
+
+def filtered_log_softmax(logits, temperature, top_k, top_p, *, filtering=True):
+    """[B, V] log-probabilities of the distribution each row's token is drawn from, -inf outside its kept
+    set: z = logits / temperature, then top_k_top_p_filter. A row of temperature 0 is greedy: the point
+    mass at its first argmax. filtering=False promises that no row has top_k in (0, V) or top_p < 1."""
+    dtype = _compute_dtype(logits)
+    vocab = logits.shape[-1]
+    greedy = (temperature == 0)[:, None]
+    z = logits.to(dtype) / torch.where(greedy, 1.0, temperature[:, None].to(dtype))
+    if filtering:
+        z = top_k_top_p_filter(z, top_k, top_p)
+    point_mass = torch.where(torch.arange(vocab, device=z.device) == z.argmax(-1, keepdim=True), 0.0, float("-inf"))
+    return torch.where(greedy, point_mass.to(dtype), torch.log_softmax(z, -1))
+
+
+@torch.no_grad()
+def sample_tokens(logits, uniforms, temperature, top_k, top_p, *, filtering=True):
+    """(tokens [B] int64, logprobs [B]): each row's first token, in vocabulary order, whose cumulative
+    probability under filtered_log_softmax exceeds the row's uniform number in [0, 1) (the last token of
+    nonzero probability if rounding leaves none), and its log-probability."""
+    logp = filtered_log_softmax(logits, temperature, top_k, top_p, filtering=filtering)
+    p = logp.exp()
+    cdf = p.cumsum(-1)
+    token = (cdf <= uniforms[:, None].to(cdf.dtype) * cdf[:, -1:]).sum(-1)
+    positions = torch.arange(logits.shape[-1], device=logits.device)
+    last = torch.where(p > 0, positions, 0).amax(-1)
+    token = torch.minimum(token, last)
+    return token, logp.gather(-1, token[:, None]).squeeze(-1)

@@ -14,3 +14,4 @@ from .masked_mean import masked_mean_backward, masked_mean_forward
 from .masked_whiten import masked_whiten
 from .ppo_policy_loss import ppo_policy_loss_forward
 from .ppo_value_loss import ppo_value_loss_forward
+from .sampling import sample_tokens

@@ -31,3 +31,18 @@ def random_mask(shape, keep=0.7, empty_rows=1):
     if rows.shape[0] > empty_rows:
         rows[torch.randperm(rows.shape[0])[:empty_rows]] = False
     return mask
+
+
+def chi_square_p_value(tokens, probs):
+    """p-value of the draws under probs (bins expected to hold < 5 draws merged into one); 0 if a token of
+    probability 0 was drawn."""
+    observed = torch.bincount(tokens, minlength=probs.numel()).double()
+    if observed[probs == 0].sum() > 0:
+        return 0.0
+    expected = probs.double() * tokens.numel()
+    small = expected < 5
+    observed = torch.cat([observed[~small], observed[small].sum()[None]])
+    expected = torch.cat([expected[~small], expected[small].sum()[None]])
+    keep = expected > 0
+    statistic = ((observed[keep] - expected[keep]) ** 2 / expected[keep]).sum()
+    return torch.special.gammaincc((keep.sum() - 1) / 2.0, statistic / 2).item()

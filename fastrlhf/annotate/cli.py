@@ -97,7 +97,8 @@ def serve(args):
     if args.threads:
         torch.set_num_threads(args.threads)
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    generation = Generation(max_new_tokens=args.max_new_tokens, temperature=args.temperature, device=device)
+    generation = Generation(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                            max_prompt_len=args.max_prompt_len, device=device)
     try:
         policies = Policies([args.policy] + ([args.policy2] if args.policy2 else []), generation, args.dtype)
     except (OSError, ValueError) as error:

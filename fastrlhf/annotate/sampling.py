@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import evaluate, models
+from ..rollout import Sampler
 from .db import prompt_key
 
 
@@ -16,17 +17,17 @@ class Generation:
     max_new_tokens: int = 128
     temperature: float = 1.0
     batch_size: int = 64  # sequences per forward pass
+    max_prompt_len: int = 256
     device: str = "cpu"
 
 
-def sample(policy, tokenizer, prompt_ids, n, generation, seed):
+def sample(sampler, tokenizer, prompt_ids, n, generation, seed):
     """n responses to each prompt (token ids): [[(text, ended with EOS)] * n per prompt].
 
     The one call into the project's sampler."""
     repeated = [ids for ids in prompt_ids for _ in range(n)]
-    batches = evaluate.sample(policy, repeated, tokenizer, temperature=generation.temperature,
-                              max_new_tokens=generation.max_new_tokens, batch_size=generation.batch_size, seed=seed,
-                              device=generation.device)
+    batches = evaluate.sample(sampler, repeated, tokenizer, temperature=generation.temperature,
+                              max_new_tokens=generation.max_new_tokens, seed=seed, device=generation.device)
     texts = [t for responses, mask, _, _ in batches for t in evaluate.decode(tokenizer, responses, mask)]
     return [texts[i * n:(i + 1) * n] for i in range(len(prompt_ids))]
 
@@ -50,7 +51,11 @@ class Policies:
     def __init__(self, paths, generation, dtype="float32"):
         self.tokenizer = models.load_tokenizer(paths[0])
         self.generation, self.lock = generation, threading.Lock()
-        self.models = [(path, models.load_policy(path, self.tokenizer, dtype, generation.device)) for path in paths]
+        # One sampler per policy for the server's life: its buffers (and CUDA graphs) are made once.
+        self.samplers = [(path, Sampler(models.load_policy(path, self.tokenizer, dtype, generation.device),
+                                        max_batch_size=generation.batch_size,
+                                        max_length=generation.max_prompt_len + generation.max_new_tokens))
+                         for path in paths]
 
     @torch.no_grad()
     def respond(self, prompt_ids, k, seed):
@@ -58,10 +63,10 @@ class Policies:
         gets any extra one); the page shuffles them."""
         out = [[] for _ in prompt_ids]
         with self.lock:
-            for i, (path, model) in enumerate(self.models):
-                n = k // len(self.models) + (i < k % len(self.models))
+            for i, (path, sampler) in enumerate(self.samplers):
+                n = k // len(self.samplers) + (i < k % len(self.samplers))
                 if n:
-                    for row, samples in zip(out, sample(model, self.tokenizer, prompt_ids, n, self.generation,
+                    for row, samples in zip(out, sample(sampler, self.tokenizer, prompt_ids, n, self.generation,
                                                         seed + 7919 * i)):
                         row.extend((text, path, finished) for text, finished in samples)
         return out

@@ -169,12 +169,19 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="fastrlhf bench", description=__doc__)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="device to benchmark on (default: cuda if available, else cpu)")
-    parser.add_argument("--ops", default="", help="comma-separated op names to run (default: all)")
+    parser.add_argument("--ops", default="", help="comma-separated op names to run (default: all); "
+                        "rollout: the sampler against model.generate (benchmark/rollout.py)")
     parser.add_argument("--out", default=os.path.join("bench", "results"),
                         help="folder for the JSON results and the PNG plot")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     wanted = set(filter(None, args.ops.split(",")))
+    if "rollout" in wanted:
+        from . import rollout
+        rollout.run(device, args.out, "fastrlhf bench " + " ".join(argv if argv is not None else sys.argv[1:]))
+        wanted.discard("rollout")
+        if not wanted:
+            return
     selected = [c for c in cases(device) if not wanted or c.op in wanted]
     if wanted - {c.op for c in selected}:
         parser.error(f"unknown ops: {sorted(wanted - {c.op for c in selected})}")

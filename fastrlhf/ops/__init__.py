@@ -7,8 +7,9 @@ from .masked_mean import masked_mean
 from .masked_whiten import masked_whiten
 from .ppo_policy_loss import ppo_policy_loss
 from .ppo_value_loss import ppo_value_loss
+from .sampling import sample_tokens
 from .token_logprobs import token_logprobs
 
 __all__ = ["BACKENDS", "available_backends", "backend_name", "set_backend", "gae", "kl_penalty",
            "kl_shaped_rewards", "masked_mean", "masked_whiten", "ppo_policy_loss", "ppo_value_loss",
-           "token_logprobs"]
+           "sample_tokens", "token_logprobs"]
