@@ -158,11 +158,12 @@ def wait_past(page, item):
     page.wait_for_function("item => document.querySelector('#task').dataset.item !== item", arg=str(item))
 
 
-def skip_until(page, wanted):
-    """Skips items until one whose prompt satisfies `wanted`; returns its id."""
+def skip_until(page, wanted, responses=None):
+    """Skips items until one whose prompt satisfies `wanted` (and that shows `responses` responses: a sampled
+    item loses repeated or empty samples); returns its id."""
     for _ in range(20):
         item = current_item(page)
-        if wanted(page.text_content("#prompt")):
+        if wanted(page.text_content("#prompt")) and responses in (None, len(shown_ids(page))):
             return item
         page.keyboard.press("s")
         wait_past(page, item)
@@ -210,7 +211,7 @@ def test_model_output_renders_as_text(context, server):
 
 def test_keyboard_ranking_reload_database_and_export(context, server, tmp_path):
     page = open_page(context, server, "keys")
-    item = skip_until(page, lambda prompt: "window" not in prompt)
+    item = skip_until(page, lambda prompt: "window" not in prompt, responses=3)
     a, b, c, *rest = shown_ids(page)
     page.keyboard.press("ArrowDown")
     page.keyboard.press("ArrowDown")  # select the third response
@@ -238,7 +239,7 @@ def test_keyboard_ranking_reload_database_and_export(context, server, tmp_path):
 
 def test_drag_ranking(context, server):
     page = open_page(context, server, "dragger")
-    item = skip_until(page, lambda prompt: "window" not in prompt)
+    item = skip_until(page, lambda prompt: "window" not in prompt, responses=3)
     ids = shown_ids(page)
     handle = page.locator("#responses > li").last.locator(".handle").bounding_box()
     top = page.locator("#responses > li").first.bounding_box()
