@@ -1,4 +1,4 @@
-"""The `fastrlhf` command: sft, rm, ppo, pipeline, demo, eval, bench. `fastrlhf <command> --help`
+"""The `fastrlhf` command: sft, rm, ppo, pipeline, demo, iterate, eval, bench. `fastrlhf <command> --help`
 lists every option; `--config file.yaml` and `--key value` flags override the defaults."""
 import argparse
 import json
@@ -12,6 +12,7 @@ COMMANDS = {
     "ppo": (cfg.PPOConfig, "PPO against a reward model"),
     "pipeline": (cfg.PipelineConfig, "sft, rm and ppo in sequence, each stage's output feeding the next"),
     "demo": (cfg.DemoConfig, "the whole pipeline on the embedded task, with a final report (CPU: a few minutes)"),
+    "iterate": (cfg.IterateConfig, "iterated RLHF: rounds of fresh comparisons on the current policy -> reward model -> PPO"),
     "eval": (cfg.EvalConfig, "score a policy: RM score, gold score, KL to a reference, win rate over a baseline"),
 }
 
@@ -41,7 +42,7 @@ def _bench(argv):
 
 
 def run(command, config):
-    from . import evaluate, pipeline, ppo, reward_model, sft
+    from . import evaluate, iterate, pipeline, ppo, reward_model, sft
     if command == "sft":
         return sft.train(config)
     if command == "rm":
@@ -51,7 +52,9 @@ def run(command, config):
     if command == "pipeline":
         return pipeline.pipeline(config)
     if command == "demo":
-        return pipeline.demo(config)
+        return iterate.demo(config) if config.rounds else pipeline.demo(config)
+    if command == "iterate":
+        return iterate.run(config)
     report = evaluate.evaluate(config)
     print(evaluate.format_report(report))
     return report

@@ -62,7 +62,7 @@ class SFTConfig(Training):
 
 @dataclass
 class RMConfig(Training):
-    model: str = option("", "SFT checkpoint to start from (the reward head is new)")
+    model: str = option("", "SFT checkpoint to start from (the reward head is new), or a reward model to continue")
     data: str = option("", "preference rows {prompt, chosen, rejected} or {prompt, responses, ranking}")
     eval_data: str = option("", "held-out preference rows for accuracy and AUC (optional)")
     max_len: int = option(64, "longest prompt + response in tokens (longer responses are truncated)")
@@ -72,7 +72,8 @@ class RMConfig(Training):
 
 @dataclass
 class PPOConfig(Training):
-    policy: str = option("", "SFT checkpoint: the initial policy and the frozen reference")
+    policy: str = option("", "SFT checkpoint: the initial policy (and the frozen reference unless `reference` is set)")
+    reference: str = option("", "frozen KL reference (default: the policy); iterated RLHF keeps the SFT model here")
     reward_model: str = option("", "reward-model checkpoint: the scorer and the critic's initialisation")
     prompts: str = option("", "prompt rows {prompt}: file or hub name")
     steps: int = redefault(Training, "steps", 40)
@@ -96,6 +97,10 @@ class PPOConfig(Training):
     missing_eos_penalty: typing.Optional[float] = option(-1.0, "score given to a response without EOS (None: keep the RM score)")
     normalize_reward: bool = option(True, "standardise RM scores with the mean/std measured after RM training")
     whiten_advantages: bool = option(True, "normalise advantages over the batch")
+    eval_prompts: str = option("", "held-out prompt rows: every eval_every steps the policy's RM score, gold score and "
+                                   "KL to the reference on them go to eval.jsonl (reward over-optimisation); empty: none")
+    eval_every: int = option(5, "steps between evaluations on eval_prompts (also one before the first, one after the last)")
+    eval_labeler: str = option("", "gold labeler of those evaluations: demo (the embedded task's) or empty for none")
 
 
 @dataclass
@@ -126,14 +131,43 @@ class PipelineConfig(Common):
 
 
 @dataclass
-class DemoConfig(PipelineConfig):
+class Rounds:
+    """Options of iterated RLHF (`iterate`, `demo --rounds N`): rounds of comparisons -> reward model -> PPO."""
+    rounds: int = option(3, "rounds of fresh comparisons on the current policy -> reward model -> PPO")
+    labeler: str = option("demo", "who ranks the candidates: demo (the embedded task's rule) or command:<program> "
+                                  "(candidate rows as JSONL on stdin, one ranking per line on stdout)")
+    gold_labeler: str = option("demo", "gold judge of the held-out evaluations and win rates: demo, or empty "
+                                       "(win rates then judged by the round's reward model)")
+    preference_prompts: int = option(500, "training prompts whose samples the labeler ranks (per round: fresh ones each round)")
+    heldout_preference_prompts: int = option(128, "held-out prompts ranked per round: the newest round's on-policy "
+                                                  "pairs that the reward model is tested on")
+    candidates: int = option(4, "samples ranked per prompt (K: K(K-1)/2 pairs)")
+    candidate_temperature: float = option(1.0, "sampling temperature of the candidates")
+    compare_previous: bool = option(False, "from round 2, sample half of each prompt's candidates from the previous "
+                                           "round's policy, so that comparisons span versions")
+    curve_prompts: int = option(64, "held-out prompts PPO is evaluated on every ppo.eval_every steps "
+                                    "(the over-optimisation curve; 0: none)")
+    report_prompts: int = option(256, "held-out prompts of each round's report (gold, proxy, KL, win rates)")
+
+
+@dataclass
+class IterateConfig(Rounds, Common):
+    policy: str = option("", "SFT checkpoint: round 1's policy and the KL reference of every round")
+    prompts: str = option("", "training prompt rows {prompt}: ranked candidates and PPO")
+    heldout_prompts: str = option("", "held-out prompt rows {prompt}: the reward model's test pairs and the reports")
+    rm: RMConfig = section(RMConfig, "reward model, continued each round on all comparisons so far")
+    ppo: PPOConfig = section(PPOConfig, "PPO, each round from the current policy against the round's reward model")
+    stage = PipelineConfig.stage
+
+
+@dataclass
+class DemoConfig(Rounds, PipelineConfig):
     threads: int = redefault(Common, "threads", 1)
+    rounds: int = option(0, "0: SFT -> RM -> PPO once, with the final report; N: SFT, then N rounds of fresh "
+                            "comparisons on the current policy -> reward model -> PPO (`fastrlhf iterate`)")
     train_prompts: int = option(2000, "distinct training prompts (SFT, preferences, PPO)")
     heldout_prompts: int = option(256, "distinct held-out prompts for the final report")
     sft_rows: int = option(4000, "SFT demonstrations written by the task's generator")
-    preference_prompts: int = option(500, "prompts whose SFT samples the labeler ranks for the RM")
-    candidates: int = option(4, "SFT samples ranked per prompt (K: K(K-1)/2 pairs)")
-    candidate_temperature: float = option(1.0, "sampling temperature of the candidates")
 
 
 # Overrides per preset, applied before the config file and the flags.

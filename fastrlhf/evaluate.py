@@ -1,8 +1,12 @@
 """Scoring policies on prompts: reward-model score, gold score (where a labeler exists), KL to a
 reference, response length and EOS rate, and the win rate of policy A over policy B."""
+import json
+import time
+from pathlib import Path
+
 import torch
 
-from . import data, models, training
+from . import data, distributed, metrics, models, training
 from .generation import generate
 from .ppo import response_logprobs
 
@@ -69,6 +73,30 @@ def score_policy(policy, prompt_texts, prompts, tokenizer, config, device, rewar
         out["text"] += [t for t, _ in texts]
         offset += len(texts)
     return {k: (torch.cat(v).cpu() if k != "text" else v) for k, v in out.items() if v}
+
+
+def heldout_log(config, tokenizer, device, reward_model, reference, directory):
+    """f(policy, step) for a training loop: the policy's mean RM score, gold score (config.eval_labeler) and KL to
+    the reference on the held-out prompts config.eval_prompts, one line {"step": updates so far, ...} of
+    <directory>/eval.jsonl. Every call samples with the same seed, so its points differ by the policy only."""
+    if config.eval_every < 1:
+        raise ValueError(f"eval_every must be at least 1, got {config.eval_every}")
+    rows = data.load_rows(config.eval_prompts)
+    prompts = data.prompts(config.eval_prompts, tokenizer, config.max_prompt_len, rows=rows)
+    texts, gold, path = [row["prompt"] for row in rows], labeler(config.eval_labeler), Path(directory) / "eval.jsonl"
+
+    def log(policy, step):
+        started = time.perf_counter()
+        scores = score_policy(policy, texts, prompts, tokenizer, config, device, reward_model, reference, gold)
+        record = {"step": step, **{k: v.mean().item() for k, v in scores.items() if k != "text"},
+                  "seconds": time.perf_counter() - started}
+        if distributed.is_main():
+            metrics.keep_before(path, step)
+            with path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        return record
+
+    return log
 
 
 def win_rate(a, b):

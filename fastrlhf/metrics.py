@@ -17,18 +17,12 @@ class Logger:
         self.bar = tqdm(total=steps, initial=start_step, desc=desc, disable=not self.main, dynamic_ncols=True)
         self.tensorboard, self.last = None, {}
         if self.main:
-            self._drop_from(start_step)  # a resumed run rewrites the steps after its checkpoint
+            keep_before(self.path, start_step)  # a resumed run rewrites the steps after its checkpoint
             try:
                 from torch.utils.tensorboard import SummaryWriter
                 self.tensorboard = SummaryWriter(str(self.path.parent / "tensorboard"))
             except ImportError:
                 pass
-
-    def _drop_from(self, step):
-        kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] < step] \
-            if self.path.exists() else []
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text("".join(line + "\n" for line in kept))
 
     def log(self, step, metrics):
         metrics = self.last = {k: float(v) for k, v in metrics.items()}
@@ -47,6 +41,14 @@ class Logger:
             if self.tensorboard is not None:
                 self.tensorboard.close()
             plot(self.path, plotted)
+
+
+def keep_before(path, step):
+    """Drops the lines of a JSONL log from `step` on (a resumed run writes them again)."""
+    path = Path(path)
+    kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] < step] if path.exists() else []
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(line + "\n" for line in kept))
 
 
 def read(path):

@@ -30,8 +30,12 @@ def pipeline(config):
 
 
 def _write_jsonl(path, rows):
+    """Written to a temporary file that is renamed into place: a file that exists is complete."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp.replace(path)
 
 
 def write_task_data(config, directory):

@@ -81,13 +81,14 @@ def explained_variance(values, returns, mask):
 
 
 def train(config):
+    from . import evaluate  # not at the top: evaluate imports this module
     device = training.setup(config)
     loop = training.Loop(config, "ppo", SHOWN)
     tokenizer = models.load_tokenizer(config.policy)
     prompt_rows = data.prompts(config.prompts, tokenizer, config.max_prompt_len)
     policy = models.load_policy(loop.init_path("policy", config.policy), tokenizer, config.dtype, device)
     critic = models.load_value_model(loop.init_path("critic", config.reward_model), tokenizer, config.dtype, device)
-    reference = models.load_policy(config.policy, tokenizer, config.dtype, device).requires_grad_(False)
+    reference = models.load_policy(config.reference or config.policy, tokenizer, config.dtype, device).requires_grad_(False)
     reward_model = models.load_value_model(config.reward_model, tokenizer, config.dtype, device).requires_grad_(False)
     reward_stats = load_stats(config.reward_model)
     policy_ddp, critic_ddp = distributed.wrap(policy, config.fsdp), distributed.wrap(critic, config.fsdp)
@@ -97,8 +98,12 @@ def train(config):
     kl_ctl = KLController(config.kl_coef, config.kl_target, config.kl_horizon)
     minibatch = config.batch_size // config.num_minibatches
     trained = {"policy": policy, "critic": critic}
+    heldout = evaluate.heldout_log(config, tokenizer, device, reward_model, reference, loop.dir) \
+        if config.eval_prompts else None  # gold vs proxy score as the policy moves away: over-optimisation
 
     for step in loop.steps(optimizer, scheduler, guard):
+        if heldout and step % config.eval_every == 0:
+            heldout(policy, step)
         kl_ctl.value = loop.state.get("kl_coef", kl_ctl.value)  # restored from the checkpoint on resume
         # 1. Rollout: this rank's prompts, left-padded to the global batch's longest, sampled with uniforms
         # drawn for the whole global batch (the result does not depend on the number of processes).
@@ -163,4 +168,6 @@ def train(config):
             "tokens_per_s": generated / seconds,
             **{f"time_{k}": v for k, v in timer.seconds.items()},
         }, trained, tokenizer)
+    if heldout:
+        heldout(policy, config.steps)
     return loop.finish(policy, tokenizer, PLOTTED)
