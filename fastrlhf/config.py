@@ -75,6 +75,7 @@ class PPOConfig(Training):
     policy: str = option("", "SFT checkpoint: the initial policy (and the frozen reference unless `reference` is set)")
     reference: str = option("", "frozen KL reference (default: the policy); iterated RLHF keeps the SFT model here")
     reward_model: str = option("", "reward-model checkpoint: the scorer and the critic's initialisation")
+    critic: str = option("", "the critic's initialisation instead of the reward model (a PPO stage's <dir>/critic)")
     prompts: str = option("", "prompt rows {prompt}: file or hub name")
     steps: int = redefault(Training, "steps", 40)
     batch_size: int = redefault(Training, "batch_size", 64)
@@ -152,7 +153,8 @@ class Rounds:
 
 @dataclass
 class IterateConfig(Rounds, Common):
-    policy: str = option("", "SFT checkpoint: round 1's policy and the KL reference of every round")
+    gold_labeler: str = redefault(Rounds, "gold_labeler", "")
+    policy: str = option("", "SFT checkpoint: round 1's policy and the KL reference of every round (unless ppo.reference is set)")
     prompts: str = option("", "training prompt rows {prompt}: ranked candidates and PPO")
     heldout_prompts: str = option("", "held-out prompt rows {prompt}: the reward model's test pairs and the reports")
     rm: RMConfig = section(RMConfig, "reward model, continued each round on all comparisons so far")

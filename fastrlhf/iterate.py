@@ -131,6 +131,7 @@ class Round:
         self.candidates, self.report = self.dir / "candidates.jsonl", self.dir / "report.json"
         self.preferences, self.comparisons = self.dir / "preferences.jsonl", self.dir / "comparisons.jsonl"
         self.heldout_preferences = self.dir / "heldout_preferences.jsonl"
+        self.rm, self.policy, self.critic = self.dir / "rm" / "final", self.dir / "ppo" / "final", self.dir / "ppo" / "critic"
 
     def stage(self, config, name, **fields):
         """The config of this round's `name` stage: written under round-<r>/, its data order seeded by round."""
@@ -222,7 +223,8 @@ def format_round(report, seconds=None):
 
 
 def plot_curves(run_dir, rounds):
-    """<run>/over_optimisation.png: gold and proxy (RM) score of the held-out evaluations against KL, a curve per round."""
+    """<run>/over_optimisation.png: gold and proxy (RM) score of the held-out evaluations during PPO, a curve per
+    round, against KL to the reference (top) and against the PPO steps of the whole run (bottom)."""
     curves = {r: metrics.read(path) for r in rounds if (path := run_dir / f"round-{r}" / "ppo" / "eval.jsonl").exists()}
     if not curves:
         return
@@ -230,16 +232,25 @@ def plot_curves(run_dir, rounds):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     keys = [k for k in ("gold", "rm") if k in next(iter(curves.values()))[0]]
-    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 4), squeeze=False)
-    for ax, key in zip(axes[0], keys):
-        for r, records in curves.items():
-            line, = ax.plot([x["kl"] for x in records], [x[key] for x in records], marker=".", label=f"round {r}")
-            if key == "gold":
-                peak = max(records, key=lambda x: x["gold"])
-                ax.plot(peak["kl"], peak["gold"], marker="*", markersize=12, color=line.get_color())
-        ax.set_xlabel("KL to the reference (nats/sequence)")
-        ax.set_title({"gold": "gold score (labeler), * = peak", "rm": "proxy score (the round's reward model)"}[key])
-        ax.legend()
+    titles = {"gold": "gold score (labeler), * = peak", "rm": "proxy score (the round's reward model)"}
+    fig, axes = plt.subplots(2, len(keys), figsize=(5 * len(keys), 7), squeeze=False)
+    offset = 0  # PPO steps of the earlier rounds
+    for r, records in curves.items():
+        peak = max(records, key=lambda x: x.get("gold", x["rm"]))
+        for column, key in enumerate(keys):
+            for row, x in enumerate(("kl", "step")):
+                shift = offset if x == "step" else 0
+                line, = axes[row, column].plot([p[x] + shift for p in records], [p[key] for p in records],
+                                               marker=".", label=f"round {r}")
+                if key == "gold":
+                    axes[row, column].plot(peak[x] + shift, peak["gold"], marker="*", markersize=12,
+                                           color=line.get_color())
+        offset += records[-1]["step"]
+    for column, key in enumerate(keys):
+        axes[0, column].set_title(titles[key])
+        axes[0, column].set_xlabel("KL to the reference (nats/sequence)")
+        axes[1, column].set_xlabel("PPO steps, all rounds")
+        axes[0, column].legend()
     fig.tight_layout()
     fig.savefig(run_dir / "over_optimisation.png", dpi=80)
     plt.close(fig)
@@ -255,33 +266,35 @@ def run(config):
         pipeline._write_jsonl(curve_prompts, [{"prompt": p} for p in _prompt_rows(config.heldout_prompts,
                                                                                    config.curve_prompts)])
     heldout = _prompt_rows(config.heldout_prompts, config.heldout_preference_prompts)
-    policies, rms, reports = [config.policy], [None], []  # the policy and the reward model at the start of each round
+    reports = []
     for r in range(1, config.rounds + 1):
-        started, rnd = time.time(), Round(config, r)
-        policy, previous = policies[-1], policies[-2] if r > 1 else None
+        started, rnd, last = time.time(), Round(config, r), Round(config, r - 1) if r > 1 else None
+        policy = str(last.policy) if last else config.policy  # the policy this round starts from
         if config.resume and rnd.report.exists():
             reports.append(json.loads(rnd.report.read_text()))
         else:
             if distributed.is_main() and not (config.resume and rnd.comparisons.exists()):
                 train = _prompt_rows(config.prompts, config.preference_prompts, (r - 1) * config.preference_prompts)
+                previous = str(Round(config, r - 2).policy) if r > 2 else config.policy if r > 1 else None
                 collect(config, rnd, labeler, policy, previous, train, heldout)
                 pipeline._write_jsonl(rnd.comparisons, [row for q in range(1, r + 1)  # written last: labels complete
                                                         for row in data.load_rows(str(Round(config, q).preferences))])
             distributed.barrier()
             rm_out = pipeline._run_stage(reward_model.train, rnd.stage(
-                config, "rm", model=str(rms[-1] or config.policy), data=str(rnd.comparisons),
+                config, "rm", model=str(last.rm) if last else config.policy, data=str(rnd.comparisons),
                 eval_data=str(rnd.heldout_preferences)), "rm")
+            # The critic carries over from the last round: one fresh from the reward model's head has values of
+            # the wrong scale at every prefix, and its first advantages shake the already trained policy.
             ppo_out = pipeline._run_stage(ppo.train, rnd.stage(
-                config, "ppo", policy=str(policy), reference=config.ppo.reference or config.policy, prompts=config.prompts,
-                reward_model=str(rm_out), eval_prompts=str(curve_prompts) if config.curve_prompts else "",
-                eval_labeler=config.gold_labeler), "ppo")
+                config, "ppo", policy=policy, reference=config.ppo.reference or config.policy, prompts=config.prompts,
+                reward_model=str(rm_out), critic=str(last.critic) if last else config.ppo.critic,
+                eval_prompts=str(curve_prompts) if config.curve_prompts else "", eval_labeler=config.gold_labeler),
+                "ppo")
             if distributed.is_main():
-                report = evaluate_round(config, rnd, str(ppo_out), str(policy), rm_out, rms[-1])
+                report = evaluate_round(config, rnd, str(ppo_out), policy, rm_out, last.rm if last else None)
                 report["seconds"] = time.time() - started
                 rnd.report.write_text(json.dumps(report, indent=2) + "\n")
                 reports.append(report)
-        policies.append(str(rnd.dir / "ppo" / "final"))
-        rms.append(str(rnd.dir / "rm" / "final"))
         if distributed.is_main():
             plot_curves(run_dir, range(1, r + 1))
             print(format_round(reports[-1], reports[-1].get("seconds")), flush=True)

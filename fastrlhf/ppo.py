@@ -8,7 +8,7 @@ All the PPO math is `ops`. The policy and the reference start from SFT, the crit
 import torch
 import torch.nn.functional as F
 
-from . import data, distributed, models, training
+from . import checkpoint, data, distributed, models, training
 from .training import ops
 from .generation import generate
 from .reward_model import load_stats
@@ -87,7 +87,8 @@ def train(config):
     tokenizer = models.load_tokenizer(config.policy)
     prompt_rows = data.prompts(config.prompts, tokenizer, config.max_prompt_len)
     policy = models.load_policy(loop.init_path("policy", config.policy), tokenizer, config.dtype, device)
-    critic = models.load_value_model(loop.init_path("critic", config.reward_model), tokenizer, config.dtype, device)
+    critic = models.load_value_model(loop.init_path("critic", config.critic or config.reward_model), tokenizer,
+                                     config.dtype, device)
     reference = models.load_policy(config.reference or config.policy, tokenizer, config.dtype, device).requires_grad_(False)
     reward_model = models.load_value_model(config.reward_model, tokenizer, config.dtype, device).requires_grad_(False)
     reward_stats = load_stats(config.reward_model)
@@ -170,4 +171,5 @@ def train(config):
         }, trained, tokenizer)
     if heldout:
         heldout(policy, config.steps)
+    checkpoint.save_final(critic, tokenizer, loop.dir / "critic")  # before final/, which marks the stage done
     return loop.finish(policy, tokenizer, PLOTTED)

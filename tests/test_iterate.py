@@ -35,7 +35,7 @@ def iterate_args(demo_dir, output_dir, run, **overrides):
     """`fastrlhf iterate` flags for the demo run's rounds, from its SFT model and prompts."""
     options = {**ROUNDS, **{f"{stage}.{k}": v for stage, values in STAGES.items() for k, v in values.items()},
                "policy": demo_dir / "sft" / "final", "prompts": demo_dir / "data" / "prompts.jsonl",
-               "heldout_prompts": demo_dir / "data" / "heldout_prompts.jsonl", "threads": 1,
+               "heldout_prompts": demo_dir / "data" / "heldout_prompts.jsonl", "gold_labeler": "demo", "threads": 1,
                "output_dir": output_dir, "run": run, **overrides}
     return ["iterate", *(x for key, value in options.items() for x in (f"--{key}", str(value)))]
 
