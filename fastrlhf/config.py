@@ -98,9 +98,10 @@ class PPOConfig(Training):
     missing_eos_penalty: typing.Optional[float] = option(-1.0, "score given to a response without EOS (None: keep the RM score)")
     normalize_reward: bool = option(True, "standardise RM scores with the mean/std measured after RM training")
     whiten_advantages: bool = option(True, "normalise advantages over the batch")
-    eval_prompts: str = option("", "held-out prompt rows: every eval_every steps the policy's RM score, gold score and "
-                                   "KL to the reference on them go to eval.jsonl (reward over-optimisation); empty: none")
-    eval_every: int = option(5, "steps between evaluations on eval_prompts (also one before the first, one after the last)")
+    eval_prompts: str = option("", "held-out prompt rows: every eval_every steps the policy's RM score, gold score "
+                                   "and KL to the reference on them go to eval.jsonl (reward over-optimisation)")
+    eval_every: int = option(5, "steps between evaluations on eval_prompts (the first before any update, one after "
+                                "the last)")
     eval_labeler: str = option("", "gold labeler of those evaluations: demo (the embedded task's) or empty for none")
 
 
@@ -139,7 +140,8 @@ class Rounds:
                                   "(candidate rows as JSONL on stdin, one ranking per line on stdout)")
     gold_labeler: str = option("demo", "gold judge of the held-out evaluations and win rates: demo, or empty "
                                        "(win rates then judged by the round's reward model)")
-    preference_prompts: int = option(500, "training prompts whose samples the labeler ranks (per round: fresh ones each round)")
+    preference_prompts: int = option(500, "training prompts whose samples the labeler ranks (per round: fresh ones "
+                                          "each round)")
     heldout_preference_prompts: int = option(128, "held-out prompts ranked per round: the newest round's on-policy "
                                                   "pairs that the reward model is tested on")
     candidates: int = option(4, "samples ranked per prompt (K: K(K-1)/2 pairs)")
@@ -154,7 +156,8 @@ class Rounds:
 @dataclass
 class IterateConfig(Rounds, Common):
     gold_labeler: str = redefault(Rounds, "gold_labeler", "")
-    policy: str = option("", "SFT checkpoint: round 1's policy and the KL reference of every round (unless ppo.reference is set)")
+    policy: str = option("", "SFT checkpoint: round 1's policy and the KL reference of every round (unless "
+                             "ppo.reference is set)")
     prompts: str = option("", "training prompt rows {prompt}: ranked candidates and PPO")
     heldout_prompts: str = option("", "held-out prompt rows {prompt}: the reward model's test pairs and the reports")
     rm: RMConfig = section(RMConfig, "reward model, continued each round on all comparisons so far")

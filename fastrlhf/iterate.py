@@ -3,18 +3,18 @@
 A reward model is trustworthy only near the responses it was trained on, and PPO walks away from them
 (Gao et al. 2022: the gold score rises then falls with KL while the proxy keeps rising). So each round
 has the labeler rank samples of the current policy, adds those comparisons to all earlier ones,
-continues the reward model on them, and runs PPO from the current policy; the KL reference stays the
-SFT model. Round r writes under <output_dir>/<run>/round-<r>/:
+continues the reward model on them, and runs PPO from the current policy (and the last round's critic);
+the KL reference stays the SFT model. Round r writes under <output_dir>/<run>/round-<r>/:
 
   candidates.jsonl           K samples per prompt, saved before labelling {id, prompt, responses, finished, ...}
   preferences.jsonl          their rankings {prompt, responses, ranking} on training prompts; comparisons.jsonl
                              holds those of every round so far: the reward model's training data
   heldout_preferences.jsonl  rankings on held-out prompts: the newest pairs the reward model is tested on
-  rm/, ppo/                  the stages; ppo/eval.jsonl is the round's over-optimisation curve
+  rm/, ppo/                  the stages; ppo/eval.jsonl is the round's over-optimisation curve, ppo/critic the critic
   report.json                the round's line
 
-and <run>/over_optimisation.png plots gold and proxy score against KL, a curve per round. A killed run
-continues with --resume true: finished rounds and stages are skipped, a stage resumes from its checkpoint.
+and <run>/over_optimisation.png plots gold and proxy score against KL and steps, a curve per round. A killed
+run continues with --resume true: finished rounds and stages are skipped, a stage resumes from its checkpoint.
 
 A labeler maps a round's candidate rows {id, prompt, responses, finished} to one ranking per row
 (ranking[i] is the rank of responses[i], 1 = best, tied responses share the better rank; None leaves the
@@ -53,8 +53,8 @@ def command_labeler(program):
 
     def label(rows):
         try:
-            done = subprocess.run(argv, input="".join(json.dumps(row) + "\n" for row in rows), stdout=subprocess.PIPE,
-                                  text=True)
+            done = subprocess.run(argv, input="".join(json.dumps(row) + "\n" for row in rows),
+                                  stdout=subprocess.PIPE, text=True)
         except OSError as error:
             raise LabelerError(f"labeler {program!r} could not be started: {error}") from error
         if done.returncode:
@@ -102,8 +102,8 @@ def rank(labeler, rows, round):
                 raise LabelerError(f"expected the ranks of its {k} responses: a permutation of 1..{k} (1 = best; "
                                    f"tied responses share the better rank, as [1, 1, 3]) or null, got {ranking!r}", i)
     except LabelerError as error:
-        where = f"round {round}" + (f", row {error.row + 1} (id {rows[error.row]['id']})" if error.row is not None else "")
-        raise LabelerError(f"{where}: {error}", error.row) from None
+        row = f", row {error.row + 1} (id {rows[error.row]['id']})" if error.row is not None else ""
+        raise LabelerError(f"round {round}{row}: {error}", error.row) from None
     return rankings
 
 
@@ -131,7 +131,8 @@ class Round:
         self.candidates, self.report = self.dir / "candidates.jsonl", self.dir / "report.json"
         self.preferences, self.comparisons = self.dir / "preferences.jsonl", self.dir / "comparisons.jsonl"
         self.heldout_preferences = self.dir / "heldout_preferences.jsonl"
-        self.rm, self.policy, self.critic = self.dir / "rm" / "final", self.dir / "ppo" / "final", self.dir / "ppo" / "critic"
+        self.rm, self.policy, self.critic = (self.dir / "rm" / "final", self.dir / "ppo" / "final",
+                                             self.dir / "ppo" / "critic")
 
     def stage(self, config, name, **fields):
         """The config of this round's `name` stage: written under round-<r>/, its data order seeded by round."""
@@ -188,7 +189,8 @@ def evaluate_round(config, rnd, policy, previous, rm_out, previous_rm):
     scores = {}
     for path in dict.fromkeys([policy, previous, config.policy]):
         model = models.load_policy(str(path), tokenizer, config.dtype, device)
-        scores[path] = evaluate.score_policy(model, texts, prompts, tokenizer, settings, device, scorer, reference, gold)
+        scores[path] = evaluate.score_policy(model, texts, prompts, tokenizer, settings, device, scorer, reference,
+                                             gold)
     judge = "gold" if gold else "rm"
     rm_report = json.loads((rnd.dir / "rm" / "report.json").read_text())["heldout"]
     report = {"round": rnd.r, "rm_accuracy": rm_report["accuracy"], "rm_auc": rm_report["auc"],
@@ -211,10 +213,11 @@ def evaluate_round(config, rnd, policy, previous, rm_out, previous_rm):
 def format_round(report, seconds=None):
     """One greppable line: `round <r>: ...`."""
     r, judge = report["round"], "" if report["judge"] == "gold" else " (RM judge)"
-    stale = f" (round {r - 1}'s RM: {100 * report['previous_rm_accuracy']:.1f}%)" if "previous_rm_accuracy" in report else ""
+    stale = f" (round {r - 1}'s RM: {100 * report['previous_rm_accuracy']:.1f}%)" if r > 1 else ""
     line = (f"round {r}: RM accuracy on its held-out on-policy pairs {100 * report['rm_accuracy']:.1f}%{stale} | "
             + (f"gold {report['gold']:.3f} | " if "gold" in report else "")
-            + f"proxy {report['rm']:.3f} | KL {report['kl']:.2f} | win rate{judge} vs SFT {100 * report['win_rate_sft']:.1f}%"
+            + f"proxy {report['rm']:.3f} | KL {report['kl']:.2f} | "
+            + f"win rate{judge} vs SFT {100 * report['win_rate_sft']:.1f}%"
             + (f", vs round {r - 1} {100 * report['win_rate_previous']:.1f}%" if r > 1 else ""))
     if "gold_peak" in report:
         peak = report["gold_peak"]
@@ -286,8 +289,9 @@ def run(config):
             # The critic carries over from the last round: one fresh from the reward model's head has values of
             # the wrong scale at every prefix, and its first advantages shake the already trained policy.
             ppo_out = pipeline._run_stage(ppo.train, rnd.stage(
-                config, "ppo", policy=policy, reference=config.ppo.reference or config.policy, prompts=config.prompts,
-                reward_model=str(rm_out), critic=str(last.critic) if last else config.ppo.critic,
+                config, "ppo", policy=policy, reference=config.ppo.reference or config.policy,
+                prompts=config.prompts, reward_model=str(rm_out),
+                critic=str(last.critic) if last else config.ppo.critic,
                 eval_prompts=str(curve_prompts) if config.curve_prompts else "", eval_labeler=config.gold_labeler),
                 "ppo")
             if distributed.is_main():

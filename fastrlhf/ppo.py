@@ -89,7 +89,8 @@ def train(config):
     policy = models.load_policy(loop.init_path("policy", config.policy), tokenizer, config.dtype, device)
     critic = models.load_value_model(loop.init_path("critic", config.critic or config.reward_model), tokenizer,
                                      config.dtype, device)
-    reference = models.load_policy(config.reference or config.policy, tokenizer, config.dtype, device).requires_grad_(False)
+    reference = models.load_policy(config.reference or config.policy, tokenizer, config.dtype, device)
+    reference.requires_grad_(False)
     reward_model = models.load_value_model(config.reward_model, tokenizer, config.dtype, device).requires_grad_(False)
     reward_stats = load_stats(config.reward_model)
     policy_ddp, critic_ddp = distributed.wrap(policy, config.fsdp), distributed.wrap(critic, config.fsdp)

@@ -1,7 +1,8 @@
 """Iterated RLHF, reduced to seconds: `demo --rounds 2` with the demo labeler; the same two rounds with a
 `command:` labeler (tests/labeler.py, the same rule) killed with SIGKILL in round 2's reward-model stage and
 resumed, which must end exactly like the uninterrupted run; labeler output that cannot be used is an error
-naming the round and the row, and leaves the earlier rounds as they were."""
+naming the round and the row, and leaves the earlier rounds as they were. PPO's held-out evaluations (the
+over-optimisation curve) leave its training unchanged."""
 import json
 import shlex
 import shutil
@@ -14,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 import tiny_run
-from fastrlhf import checkpoint, cli, config, iterate
+from fastrlhf import checkpoint, cli, config, iterate, ppo
 
 ROUNDS = {"rounds": 2, "preference_prompts": 40, "heldout_preference_prompts": 16, "curve_prompts": 8,
           "report_prompts": 16}
@@ -105,7 +106,7 @@ ROWS = [{"id": f"t/round-2/{i}", "prompt": "review : room", "finished": [True, T
 
 
 @pytest.mark.parametrize("bad, message", [
-    ("permutation", r"^round 2, row 2 \(id t/round-2/1\): expected the ranks of its 4 responses: a permutation of 1..4"),
+    ("permutation", r"^round 2, row 2 \(id t/round-2/1\): expected the ranks of its 4 responses: a permutation"),
     ("count", r"^round 2: labeler .* wrote 2 rankings for 3 rows$"),
     ("exit", r"^round 2: labeler .* exited with status 1"),
     ("json", r"^round 2, row 1 \(id t/round-2/0\): labeler .* wrote 'oops', which is not JSON"),
@@ -139,3 +140,16 @@ def test_bad_labeler_in_round_3_keeps_earlier_rounds(demo, tmp_path):
     assert {p: p.read_bytes() for p in before} == before
     assert (tmp_path / "demo" / "round-3" / "candidates.jsonl").exists()
     assert not (tmp_path / "demo" / "round-3" / "preferences.jsonl").exists()
+
+
+def test_heldout_evaluations_leave_ppo_unchanged(tmp_path):
+    paths = tiny_run.make(tmp_path / "tiny")
+    common = {**tiny_run.PPO, **paths, "output_dir": str(tmp_path), "threads": 1}
+    ppo.train(config.PPOConfig(**common, run="plain"))
+    ppo.train(config.PPOConfig(**common, run="eval", eval_prompts=paths["prompts"], eval_every=4, eval_labeler="demo"))
+    a, b = (load_file(str(tmp_path / run / "ppo" / "final" / "model.safetensors")) for run in ("plain", "eval"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    records = [json.loads(line) for line in (tmp_path / "eval" / "ppo" / "eval.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [0, 4, tiny_run.PPO["steps"]]
+    assert records[0]["kl"] == 0 and all({"rm", "gold", "kl", "length", "eos"} <= set(r) for r in records)
+    assert not (tmp_path / "plain" / "ppo" / "eval.jsonl").exists()
