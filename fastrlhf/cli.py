@@ -12,7 +12,7 @@ COMMANDS = {
     "ppo": (cfg.PPOConfig, "PPO against a reward model"),
     "pipeline": (cfg.PipelineConfig, "sft, rm and ppo in sequence, each stage's output feeding the next"),
     "demo": (cfg.DemoConfig, "the whole pipeline on the embedded task, with a final report (CPU: a few minutes)"),
-    "iterate": (cfg.IterateConfig, "iterated RLHF: rounds of fresh comparisons on the current policy -> reward model -> PPO"),
+    "iterate": (cfg.IterateConfig, "iterated RLHF: rounds of fresh comparisons -> reward model -> PPO"),
     "eval": (cfg.EvalConfig, "score a policy: RM score, gold score, KL to a reference, win rate over a baseline"),
 }
 

@@ -3,7 +3,7 @@
 A step, as on paper: sample responses from the policy -> score them with the reward model ->
 per-token rewards (-beta * KL to the reference, plus the score at the EOS token) -> GAE
 advantages, whitened -> several epochs of clipped policy and value updates over minibatches.
-All the PPO math is `ops`. The policy and the reference start from SFT, the critic from the RM.
+All the PPO math is `ops`. The policy and the reference start from SFT, the critic from the RM (each can be set).
 """
 import torch
 import torch.nn.functional as F
