@@ -316,7 +316,7 @@ def demo(config):
     reports = run(IterateConfig(**shared, policy=str(sft_out), prompts=str(directory / "prompts.jsonl"),
                                 heldout_prompts=str(directory / "heldout_prompts.jsonl"), rm=config.rm, ppo=config.ppo))
     if distributed.is_main():
-        print(f"fastrlhf demo: {config.rounds} rounds of {config.ppo.steps} PPO steps; "
+        print(f"fastrlhf demo: {config.rounds} round{'s' * (config.rounds > 1)} of {config.ppo.steps} PPO steps; "
               f"over-optimisation curves in {Path(config.output_dir) / config.run / 'over_optimisation.png'}; "
               f"wall time {(time.time() - started) / 60:.1f} min (torch threads: {torch.get_num_threads()})")
     return reports
