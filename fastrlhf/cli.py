@@ -1,4 +1,4 @@
-"""The `fastrlhf` command: sft, rm, ppo, pipeline, demo, eval, bench, annotate. `fastrlhf <command> --help`
+"""The `fastrlhf` command: sft, rm, ppo, pipeline, demo, iterate, eval, bench, annotate. `fastrlhf <command> --help`
 lists every option; `--config file.yaml` and `--key value` flags override the defaults.
 
 Exit codes: 0 done; 2 bad input or environment (the message, one line, names the culprit); 3 a run
@@ -17,6 +17,7 @@ COMMANDS = {
     "ppo": (cfg.PPOConfig, "PPO against a reward model"),
     "pipeline": (cfg.PipelineConfig, "sft, rm and ppo in sequence, each stage's output feeding the next"),
     "demo": (cfg.DemoConfig, "the whole pipeline on the embedded task, with a final report (CPU: a few minutes)"),
+    "iterate": (cfg.IterateConfig, "iterated RLHF: rounds of fresh comparisons -> reward model -> PPO"),
     "eval": (cfg.EvalConfig, "score a policy: RM score, gold score, KL to a reference, win rate over a baseline"),
 }
 
@@ -48,13 +49,15 @@ def _bench(argv):
 
 
 def run(command, config):
-    from . import evaluate, pipeline, ppo, reward_model, sft
+    from . import evaluate, iterate, pipeline, ppo, reward_model, sft
     if command in ("sft", "rm", "ppo"):
         return {"sft": sft, "rm": reward_model, "ppo": ppo}[command].train(config)
     if command == "pipeline":
         return pipeline.pipeline(config)
     if command == "demo":
-        return pipeline.demo(config)
+        return iterate.demo(config) if config.rounds else pipeline.demo(config)
+    if command == "iterate":
+        return iterate.run(config)
     report = evaluate.evaluate(config)
     print(evaluate.format_report(report))
     return report

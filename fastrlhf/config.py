@@ -86,6 +86,11 @@ def plain_name(value):
     return None
 
 
+def labeler_name(value):
+    return None if value == "demo" or (value.startswith("command:") and value[8:].strip()) else \
+        "must be demo or command:<program>"
+
+
 def device_name(value):
     return None if re.fullmatch(r"auto|cpu|cuda(:\d+)?", value) else "must be auto, cpu, cuda or cuda:N"
 
@@ -146,7 +151,7 @@ class SFTConfig(Training):
 
 @dataclass
 class RMConfig(Training):
-    model: str = option("", "SFT checkpoint to start from (the reward head is new)", source(required=True))
+    model: str = option("", "SFT checkpoint to start from (the reward head is new), or a reward model to continue", source(required=True))
     data: str = option("", "preference rows {prompt, chosen, rejected} or {prompt, responses, ranking}",
                        source(required=True))
     eval_data: str = option("", "held-out preference rows for accuracy and AUC (optional)", source(required=False))
@@ -157,9 +162,14 @@ class RMConfig(Training):
 
 @dataclass
 class PPOConfig(Training):
-    policy: str = option("", "SFT checkpoint: the initial policy and the frozen reference", source(required=True))
+    policy: str = option("", "SFT checkpoint: the initial policy (and the frozen reference unless `reference` is set)",
+                         source(required=True))
+    reference: str = option("", "frozen KL reference (default: the policy); iterated RLHF keeps the SFT model here",
+                            source(required=False))
     reward_model: str = option("", "reward-model checkpoint: the scorer and the critic's initialisation",
                                source(required=True))
+    critic: str = option("", "the critic's initialisation instead of the reward model (a PPO stage's <dir>/critic)",
+                         source(required=False))
     prompts: str = option("", "prompt rows {prompt}: file or hub name", source(required=True))
     steps: int = redefault(Training, "steps", 40)
     batch_size: int = redefault(Training, "batch_size", 64)
@@ -191,6 +201,13 @@ class PPOConfig(Training):
     stop_entropy: typing.Optional[float] = option(None, "divergence check: stop the run (exit code 3) when a "
                                                         "rollout's mean token entropy falls below this, in nats "
                                                         "(off)", above(0))
+    eval_prompts: str = option("", "held-out prompt rows: every eval_every steps the policy's RM score, gold score "
+                                   "and KL to the reference on them go to eval.jsonl (reward over-optimisation)",
+                               source(required=False))
+    eval_every: int = option(5, "steps between evaluations on eval_prompts (the first before any update, one after "
+                                "the last)", at_least(1))
+    eval_labeler: str = option("", "gold labeler of those evaluations: demo (the embedded task's) or empty for none",
+                               one_of("", "demo"))
 
     def problems(self):
         yield from super().problems()
@@ -247,16 +264,52 @@ def _distinct_demo_prompts():
 
 
 @dataclass
-class DemoConfig(PipelineConfig):
+class Rounds:
+    """Options of iterated RLHF (`iterate`, `demo --rounds N`): rounds of comparisons -> reward model -> PPO."""
+    rounds: int = option(3, "rounds of fresh comparisons on the current policy -> reward model -> PPO", at_least(1))
+    labeler: str = option("demo", "who ranks the candidates: demo (the embedded task's rule) or command:<program> "
+                                  "(candidate rows as JSONL on stdin, one ranking per line on stdout)", labeler_name)
+    gold_labeler: str = option("demo", "gold judge of the held-out evaluations and win rates: demo, or empty "
+                                       "(win rates then judged by the round's reward model)", one_of("", "demo"))
+    preference_prompts: int = option(500, "training prompts whose samples the labeler ranks (per round: fresh ones "
+                                          "each round)", at_least(1))
+    heldout_preference_prompts: int = option(128, "held-out prompts ranked per round: the newest round's on-policy "
+                                                  "pairs that the reward model is tested on", at_least(1))
+    candidates: int = option(4, "samples ranked per prompt (K: K(K-1)/2 pairs)", at_least(2))
+    candidate_temperature: float = option(1.0, "sampling temperature of the candidates", above(0))
+    compare_previous: bool = option(False, "from round 2, sample half of each prompt's candidates from the previous "
+                                           "round's policy, so that comparisons span versions")
+    curve_prompts: int = option(64, "held-out prompts PPO is evaluated on every ppo.eval_every steps "
+                                    "(the over-optimisation curve; 0: none)", at_least(0))
+    report_prompts: int = option(256, "held-out prompts of each round's report (gold, proxy, KL, win rates)",
+                                 at_least(1))
+
+
+@dataclass
+class IterateConfig(Rounds, Common):
+    gold_labeler: str = redefault(Rounds, "gold_labeler", "")
+    policy: str = option("", "SFT checkpoint: round 1's policy and the KL reference of every round (unless "
+                             "ppo.reference is set)", source(required=True))
+    prompts: str = option("", "training prompt rows {prompt}: ranked candidates and PPO", source(required=True))
+    heldout_prompts: str = option("", "held-out prompt rows {prompt}: the reward model's test pairs and the reports",
+                                  source(required=True))
+    rm: RMConfig = section(RMConfig, "reward model, continued each round on all comparisons so far")
+    ppo: PPOConfig = section(PPOConfig, "PPO, each round from the current policy against the round's reward model")
+    stage = PipelineConfig.stage
+    derived: typing.ClassVar = {"rm": ("model", "data", "eval_data"),
+                                "ppo": ("reward_model", "critic", "eval_prompts", "eval_labeler")}
+
+
+@dataclass
+class DemoConfig(Rounds, PipelineConfig):
     threads: int = redefault(Common, "threads", 1)
+    rounds: int = option(0, "0: SFT -> RM -> PPO once, with the final report; N: SFT, then N rounds of fresh "
+                            "comparisons on the current policy -> reward model -> PPO (`fastrlhf iterate`)", at_least(0))
     train_prompts: int = option(2000, "distinct training prompts (SFT, preferences, PPO)", at_least(1))
     heldout_prompts: int = option(256, "distinct held-out prompts for the final report", at_least(1))
     sft_rows: int = option(4000, "SFT demonstrations written by the task's generator", at_least(1))
-    preference_prompts: int = option(500, "prompts whose SFT samples the labeler ranks for the RM", at_least(1))
-    candidates: int = option(4, "SFT samples ranked per prompt (K: K(K-1)/2 pairs)", at_least(2))
-    candidate_temperature: float = option(1.0, "sampling temperature of the candidates", above(0))
     derived: typing.ClassVar = {"sft": ("data",), "rm": ("model", "data", "eval_data"),
-                                "ppo": ("policy", "reward_model", "prompts")}
+                                "ppo": ("policy", "reward_model", "prompts", "critic", "eval_prompts", "eval_labeler")}
 
     def problems(self):
         if self.preference_prompts > self.train_prompts:

@@ -1,9 +1,13 @@
 """Scoring policies on prompts: reward-model score, gold score (where a labeler exists), KL to a
 reference, response length and EOS rate, and the win rate of policy A over policy B; and scoring a
 reward model on preference rows (reward_model.pair_metrics)."""
+import json
+import time
+from pathlib import Path
+
 import torch
 
-from . import data, models, training
+from . import data, distributed, metrics, models, training
 from . import reward_model as rm
 from .config import check
 from .rollout import Sampler
@@ -46,13 +50,18 @@ def decode(tokenizer, responses, mask):
     return out
 
 
+def sampler_for(policy, prompts, batch_size, max_new_tokens):
+    """A Sampler sized for these prompts (token id lists), batch_size of them at a time."""
+    return Sampler(policy, max_batch_size=min(batch_size, len(prompts)),
+                   max_length=max(map(len, prompts)) + max_new_tokens)
+
+
 @torch.no_grad()
-def score_policy(policy, prompt_texts, prompts, tokenizer, config, device, reward_model=None, reference=None,
+def score_policy(sampler, prompt_texts, prompts, tokenizer, config, device, reward_model=None, reference=None,
                  gold=None):
-    """Per-sample tensors: length, eos, and rm / kl / gold when their scorer is given."""
+    """Per-sample tensors of sampler.model's responses: length, eos, and rm / kl / gold when their scorer is given."""
     out = {"length": [], "eos": [], "rm": [], "kl": [], "gold": [], "text": []}
-    sampler = Sampler(policy, max_batch_size=min(config.batch_size, len(prompts)),
-                      max_length=max(map(len, prompts)) + config.max_new_tokens)
+    policy = sampler.model
     batches = sample(sampler, prompts, tokenizer, temperature=config.temperature,
                      max_new_tokens=config.max_new_tokens, seed=config.seed, device=device)
     offset = 0
@@ -73,6 +82,32 @@ def score_policy(policy, prompt_texts, prompts, tokenizer, config, device, rewar
         out["text"] += [t for t, _ in texts]
         offset += len(texts)
     return {k: (torch.cat(v).cpu() if k != "text" else v) for k, v in out.items() if v}
+
+
+def heldout_log(config, tokenizer, device, reward_model, reference, directory):
+    """f(policy, step) for a training loop: the policy's mean RM score, gold score (config.eval_labeler) and KL to
+    the reference on the held-out prompts config.eval_prompts, one line {"step": updates so far, ...} of
+    <directory>/eval.jsonl. Every call samples with the same seed, so its points differ by the policy only."""
+    rows = data.load_rows(config.eval_prompts)
+    prompts = data.prompts(config.eval_prompts, tokenizer, config.max_prompt_len, rows=rows)
+    texts, gold, path = [row["prompt"] for row in rows], labeler(config.eval_labeler), Path(directory) / "eval.jsonl"
+    samplers = {}  # one per policy object: its buffers (and CUDA graphs) are made once
+
+    def log(policy, step):
+        started = time.perf_counter()
+        if id(policy) not in samplers:
+            samplers[id(policy)] = sampler_for(policy, prompts, config.batch_size, config.max_new_tokens)
+        scores = score_policy(samplers[id(policy)], texts, prompts, tokenizer, config, device, reward_model,
+                              reference, gold)
+        record = {"step": step, **{k: v.mean().item() for k, v in scores.items() if k != "text"},
+                  "seconds": time.perf_counter() - started}
+        if distributed.is_main():
+            metrics.keep_before(path, step)
+            with path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        return record
+
+    return log
 
 
 def win_rate(a, b):
@@ -107,8 +142,9 @@ def _score_policies(config, tokenizer, reward_model, device):
     results = {}
     for name, path in (("policy", config.policy), ("baseline", config.baseline)):
         if path:
-            policy = models.load_policy(path, tokenizer, config.dtype, device)
-            results[name] = score_policy(policy, texts, prompts, tokenizer, config, device, reward_model, reference,
+            sampler = sampler_for(models.load_policy(path, tokenizer, config.dtype, device), prompts, config.batch_size,
+                                  config.max_new_tokens)
+            results[name] = score_policy(sampler, texts, prompts, tokenizer, config, device, reward_model, reference,
                                          gold)
     report = {name: {k: v.mean().item() for k, v in r.items() if k != "text"} for name, r in results.items()}
     if "baseline" in results:

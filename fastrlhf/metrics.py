@@ -24,19 +24,12 @@ class Logger:
         self.bar = tqdm(total=steps, initial=start_step, desc=desc, disable=not self.main, dynamic_ncols=True)
         self.tensorboard, self.last, self.closed = None, {}, False
         if self.main:
-            self._keep_before(start_step)
+            keep_before(self.path, start_step)  # a resumed run rewrites the steps after its checkpoint
             try:
                 from torch.utils.tensorboard import SummaryWriter
                 self.tensorboard = SummaryWriter(str(self.path.parent / "tensorboard"))
             except ImportError:
                 pass
-
-    def _keep_before(self, step):
-        """Keeps the records of the steps before `step`: a resumed run rewrites the later ones."""
-        records = read(self.path) if step and self.path.exists() else []
-        with writing(self.path, RESUME):
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in records if r["step"] < step))
 
     def log(self, step, metrics):
         metrics = self.last = {k: float(v) for k, v in metrics.items()}
@@ -59,6 +52,15 @@ class Logger:
             if self.tensorboard is not None:
                 self.tensorboard.close()
             plot(self.path, plotted)
+
+
+def keep_before(path, step):
+    """Keeps the records of a JSONL log before `step`: a resumed run writes the later ones again."""
+    path = Path(path)
+    records = read(path) if step and path.exists() else []
+    with writing(path, RESUME):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps(r) + "\n" for r in records if r["step"] < step))
 
 
 def read(path):

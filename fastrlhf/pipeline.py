@@ -11,7 +11,6 @@ import torch
 from . import checkpoint, data, distributed, evaluate, models, ppo, reward_model, sft, training
 from .config import EvalConfig, check
 from .demo import task
-from .rollout import Sampler
 
 
 def pipeline(config):
@@ -37,8 +36,12 @@ def _read_inputs(config):
 
 
 def _write_jsonl(path, rows):
+    """Written to a temporary file that is renamed into place: a file that exists is complete."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp.replace(path)
 
 
 def write_task_data(config, directory):
@@ -60,7 +63,7 @@ def label_candidates(policy_path, prompts, path, config, seed):
     policy = models.load_policy(policy_path, tokenizer, config.dtype, device)
     repeated = [p for p in prompts for _ in range(config.candidates)]
     ids = data.prompts(str(path), tokenizer, config.ppo.max_prompt_len, rows=[{"prompt": p} for p in repeated])
-    sampler = Sampler(policy, max_batch_size=min(256, len(ids)), max_length=max(map(len, ids)) + config.ppo.max_new_tokens)
+    sampler = evaluate.sampler_for(policy, ids, 256, config.ppo.max_new_tokens)
     batches = evaluate.sample(sampler, ids, tokenizer, temperature=config.candidate_temperature,
                               max_new_tokens=config.ppo.max_new_tokens, seed=seed, device=device)
     texts = [t for responses, mask, _, _ in batches for t in evaluate.decode(tokenizer, responses, mask)]

@@ -3,12 +3,12 @@
 A step, as on paper: sample responses from the policy -> score them with the reward model ->
 per-token rewards (-beta * KL to the reference, plus the score at the EOS token) -> GAE
 advantages, whitened -> several epochs of clipped policy and value updates over minibatches.
-All the PPO math is `ops`. The policy and the reference start from SFT, the critic from the RM.
+All the PPO math is `ops`. The policy and the reference start from SFT, the critic from the RM (each can be set).
 """
 import torch
 import torch.nn.functional as F
 
-from . import data, distributed, models, training
+from . import checkpoint, data, distributed, evaluate, models, training
 from .training import ops
 from .reward_model import load_stats
 from .rollout import Sampler
@@ -96,8 +96,10 @@ def train(config, loop):
     tokenizer = models.load_tokenizer(config.policy)
     prompt_rows = data.prompts(config.prompts, tokenizer, config.max_prompt_len)
     policy = models.load_policy(loop.init_path("policy", config.policy), tokenizer, config.dtype, device)
-    critic = models.load_value_model(loop.init_path("critic", config.reward_model), tokenizer, config.dtype, device)
-    reference = models.load_policy(config.policy, tokenizer, config.dtype, device).requires_grad_(False)
+    critic = models.load_value_model(loop.init_path("critic", config.critic or config.reward_model), tokenizer,
+                                     config.dtype, device)
+    reference = models.load_policy(config.reference or config.policy, tokenizer, config.dtype, device)
+    reference.requires_grad_(False)
     reward_model = models.load_value_model(config.reward_model, tokenizer, config.dtype, device).requires_grad_(False)
     reward_stats = load_stats(config.reward_model)
     policy_ddp, critic_ddp = distributed.wrap(policy, config.fsdp), distributed.wrap(critic, config.fsdp)
@@ -111,8 +113,12 @@ def train(config, loop):
     # Static KV cache and CUDA graphs, made once; FSDP gathers weights inside each forward: no graphs.
     sampler = Sampler(policy, max_batch_size=len(distributed.my_rows(range(config.batch_size))),
                       max_length=config.max_prompt_len + config.max_new_tokens, cuda_graphs=not config.fsdp)
+    heldout = evaluate.heldout_log(config, tokenizer, device, reward_model, reference, loop.dir) \
+        if config.eval_prompts else None  # gold vs proxy score as the policy moves away: over-optimisation
 
     for step in loop.steps():
+        if heldout and step % config.eval_every == 0:
+            heldout(policy, step)
         # 1. Rollout: this rank's prompts, left-padded to the global batch's longest, sampled with uniforms
         # drawn for the whole global batch (the result does not depend on the number of processes).
         rows = training.batch_rows(step, config.batch_size, len(prompt_rows), config.seed)
@@ -180,4 +186,7 @@ def train(config, loop):
             "tokens_per_s": generated / seconds,
             **{f"time_{k}": v for k, v in timer.seconds.items()},
         }, trained, tokenizer)
+    if heldout:
+        heldout(policy, config.steps)
+    checkpoint.save_final(critic, tokenizer, loop.dir / "critic")  # before final/, which marks the stage done
     return loop.finish(policy, tokenizer, PLOTTED)
