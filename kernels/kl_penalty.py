@@ -5,11 +5,14 @@ A clamp c (inf: none) clamps the output to [-c, c] and, for k3, x at -c before t
 The backward recomputes x (cheaper than saving it) and writes both input gradients in one pass:
 grad_logprobs = g * dkl/dx and grad_ref_logprobs = -g * dkl/dx. One launch per direction.
 """
+import itertools
 import math
 
 import torch
 import triton
 import triton.language as tl
+
+from ._specs import FLOAT_DTYPES, powers_of_two, short, spec
 
 # Codes are indices into reference.KL_ESTIMATORS ("k1", "k2", "k3", "abs").
 K1, K2, K3, ABS = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2), tl.constexpr(3)
@@ -115,3 +118,20 @@ def kl_penalty_backward(logprobs, ref_logprobs, grad_kl, estimator, clamp, need_
                            HAS_CLAMP=not math.isinf(clamp), NEED_LOGPROBS=need_logprobs, NEED_REF=need_ref,
                            BLOCK=block, num_warps=warps)
     return grad_logprobs, grad_ref
+
+
+def compile_specs():
+    """Every specialization the launchers can pick (the contract in kernels/__init__.py)."""
+    specs = []
+    for dtype, n, estimator, has_clamp in itertools.product(FLOAT_DTYPES, powers_of_two(_MAX_BLOCK),
+                                                            (K1, K2, K3, ABS), (False, True)):
+        _, block, warps = _launch_config(n)
+        options = dict(ESTIMATOR=estimator.value, HAS_CLAMP=has_clamp, BLOCK=block)
+        inputs = dict(logprobs_ptr=dtype, ref_ptr=dtype, N="i32", clamp="fp32")
+        specs.append(spec(f"kl_penalty_forward {short(dtype)}", _forward_kernel, warps, options,
+                          kl_ptr=torch.float32, **inputs))
+        for need_logprobs, need_ref in ((True, False), (False, True), (True, True)):  # autograd: at least one
+            specs.append(spec(f"kl_penalty_backward {short(dtype)}", _backward_kernel, warps,
+                              options | dict(NEED_LOGPROBS=need_logprobs, NEED_REF=need_ref),
+                              grad_kl_ptr=torch.float32, grad_logprobs_ptr=dtype, grad_ref_ptr=dtype, **inputs))
+    return specs

@@ -5,13 +5,18 @@ The whole tensor (outer = inner = 1) is one two-level reduction of moments (kern
 walks D (1 launch). The backward is elementwise, grad_x = grad[o, i] * inv_count[o, i] where mask
 (1 launch; programs (o, block of D, block of inner), striding over D beyond MAX_PROGRAMS blocks).
 """
+import itertools
+
 import torch
 import triton
 import triton.language as tl
 
-from ._masked_reduction import MAX_PROGRAMS, masked_moments, merge_partials, moments_partials
+from ._masked_reduction import MAX_PROGRAMS, masked_moments, merge_partials, moments_config, moments_partials
+from ._specs import FLOAT_DTYPES, powers_of_two, short, spec
 
 _TILE = 2048
+_MAX_BLOCK_I = 256
+_LINES_WARPS = 4
 
 
 @triton.jit
@@ -57,7 +62,7 @@ def _mean_lines_kernel(x_ptr, mask_ptr, mean_ptr, inv_count_ptr, D, inner, BLOCK
 
 
 def _tile(D, inner):
-    block_i = min(triton.next_power_of_2(inner), 256)
+    block_i = min(triton.next_power_of_2(inner), _MAX_BLOCK_I)
     return min(_TILE // block_i, triton.next_power_of_2(D)), block_i
 
 
@@ -73,7 +78,8 @@ def masked_mean_forward(x, mask):
     else:
         block_d, block_i = _tile(D, inner)
         _mean_lines_kernel[(outer, triton.cdiv(inner, block_i))](x, mask, mean, inv_count, D, inner,
-                                                                 BLOCK_D=block_d, BLOCK_I=block_i)
+                                                                 BLOCK_D=block_d, BLOCK_I=block_i,
+                                                                 num_warps=_LINES_WARPS)
     return mean, inv_count
 
 
@@ -99,5 +105,27 @@ def masked_mean_backward(grad, inv_count, mask, dtype):
     grad_x = torch.empty(mask.shape, device=mask.device, dtype=dtype)
     block_d, block_i = _tile(D, inner)
     grid = (outer, min(triton.cdiv(D, block_d), MAX_PROGRAMS), triton.cdiv(inner, block_i))
-    _mean_backward_kernel[grid](grad, inv_count, mask, grad_x, D, inner, BLOCK_D=block_d, BLOCK_I=block_i)
+    _mean_backward_kernel[grid](grad, inv_count, mask, grad_x, D, inner, BLOCK_D=block_d, BLOCK_I=block_i,
+                                num_warps=_LINES_WARPS)
     return grad_x
+
+
+def compile_specs():
+    """Every specialization the launchers can pick (the contract in kernels/__init__.py)."""
+    config = moments_config()
+    specs = [spec(f"masked_mean_all {short(dtype)}", _mean_all_kernel, config["num_warps"],
+                  dict(FROM_PARTIALS=from_partials, BLOCK=config["BLOCK"], PARTIALS_BLOCK=config["PARTIALS_BLOCK"]),
+                  1, x_ptr=dtype, mask_ptr=torch.bool, partials_ptr=torch.float32, mean_ptr=torch.float32,
+                  inv_count_ptr=torch.float32, N="i32", P="i32")
+             for dtype, from_partials in itertools.product(FLOAT_DTYPES, (False, True))]
+    sizes = itertools.product(powers_of_two(_TILE), powers_of_two(_MAX_BLOCK_I))  # past the caps: every tile
+    tiles = sorted({_tile(D, inner) for D, inner in sizes})
+    for dtype, (block_d, block_i) in itertools.product(FLOAT_DTYPES, tiles):
+        blocks = dict(BLOCK_D=block_d, BLOCK_I=block_i)
+        specs.append(spec(f"masked_mean_lines {short(dtype)}", _mean_lines_kernel, _LINES_WARPS, blocks, x_ptr=dtype,
+                          mask_ptr=torch.bool, mean_ptr=torch.float32, inv_count_ptr=torch.float32, D="i32",
+                          inner="i32"))
+        specs.append(spec(f"masked_mean_backward {short(dtype)}", _mean_backward_kernel, _LINES_WARPS, blocks,
+                          grad_ptr=torch.float32, inv_count_ptr=torch.float32, mask_ptr=torch.bool, grad_x_ptr=dtype,
+                          D="i32", inner="i32"))
+    return specs
