@@ -12,7 +12,8 @@ with `_specs.spec`) for every specialization its launch code can pick: each inpu
 (`_specs.FLOAT_DTYPES` for float inputs), each constexpr combination, each block size and num_warps.
 They come from the same constants and functions the launchers call (a block size computed inline
 is factored into a function both use), never from a second table. A parameter the launch passes as
-None is a constexpr None. Pointers are compiled as 16-byte aligned and integers at the width the
+None is a constexpr None. A launcher passes fixed values for the constexprs a launch does not read,
+so that they add no compiles. Pointers are compiled as 16-byte aligned and integers at the width the
 launch passes (i64 where a value can reach 2^31); Triton's own value specialisations (integers
 equal to 1 or divisible by 16) are not enumerated. `programs_per_sm` is the occupancy the launch
 intends, which the test holds registers and shared memory to. Launched kernels are named `*_kernel`;

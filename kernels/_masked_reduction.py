@@ -219,22 +219,33 @@ def loss_forward(token_loss, n_stats, x, old, other, mask, params, reduction):
     loss, stats = torch.empty((), **f32), torch.empty(n_stats, **f32)
     token_grad, row_scale = torch.empty((R, T), **f32), torch.empty(R, **f32)
     partials = torch.empty((2 + n_stats, R), **f32)
-    common = dict(TOKEN_LOSS=token_loss, N_STATS=n_stats, REDUCTION=REDUCTIONS.index(reduction),
-                  BLOCK_R=block_r, BLOCK_T=block_t, FINALIZE_BLOCK=FINALIZE_BLOCK)
     args = (x, old, other, mask, token_grad, partials, loss, stats, row_scale, R, T, *params)
-    _loss_forward_kernel[(programs,)](*args, ROWS=True, FINALIZE=programs == 1, num_warps=warps, **common)
-    if programs > 1:
-        _loss_forward_kernel[(1,)](*args, ROWS=False, FINALIZE=True, num_warps=FINALIZE_WARPS, **common)
+    launch = dict(TOKEN_LOSS=token_loss, N_STATS=n_stats, FINALIZE_BLOCK=FINALIZE_BLOCK)
+    rows, finalize = dict(BLOCK_R=block_r, BLOCK_T=block_t), dict(REDUCTION=REDUCTIONS.index(reduction))
+    if programs == 1:
+        _loss_forward_kernel[(1,)](*args, ROWS=True, FINALIZE=True, num_warps=warps, **launch, **rows, **finalize)
+    else:  # the constexprs a pass does not read are fixed, so that it compiles once for all of their values
+        _loss_forward_kernel[(programs,)](*args, ROWS=True, FINALIZE=False, num_warps=warps, **launch, **rows,
+                                          **UNUSED_BY_ROWS)
+        _loss_forward_kernel[(1,)](*args, ROWS=False, FINALIZE=True, num_warps=FINALIZE_WARPS, **launch,
+                                   **UNUSED_BY_FINALIZE, **finalize)
     return loss, stats, token_grad, row_scale
 
 
+UNUSED_BY_ROWS, UNUSED_BY_FINALIZE = dict(REDUCTION=0), dict(BLOCK_R=1, BLOCK_T=1)
+
+
 def _rows_launch(R, T):
-    """(BLOCK_R, BLOCK_T, programs, num_warps) of the rows pass over [R, T] tokens."""
-    single = R * T <= SINGLE_PROGRAM_MAX
-    tile = 8192 if single else 4096
-    block_t = min(triton.next_power_of_2(T), tile)
+    """(BLOCK_R, BLOCK_T, programs, num_warps) of the rows pass over [R, T] tokens: 4 tokens per thread, 8 in
+    the many-program launch when a tile is one row. More spill (tests/test_gpu_compile.py): a tile of several
+    rows needs 64-bit addresses per token, and a lone program also holds the finalize. Rows are at least 16
+    wide ([BLOCK_R, 1] tiles spill)."""
+    warps = 16 if R * T <= SINGLE_PROGRAM_MAX else 8
+    block_t = max(triton.next_power_of_2(T), 16)
+    tile = 32 * warps * (8 if warps == 8 and block_t >= 32 * 8 * 8 else 4)
+    block_t = min(block_t, tile)
     block_r = tile // block_t
-    return block_r, block_t, num_programs(triton.cdiv(R, block_r), R * T), num_warps(tile)
+    return block_r, block_t, num_programs(triton.cdiv(R, block_r), R * T), warps
 
 
 def loss_forward_specs(name, token_loss, n_stats):
@@ -246,18 +257,23 @@ def loss_forward_specs(name, token_loss, n_stats):
         block_r, block_t, programs, warps = _rows_launch(R, T)
         tiles.add((block_r, block_t, programs == 1, warps))
     specs = []
-    for dtype, reduction, (block_r, block_t, one_program, warps) in itertools.product(
-            FLOAT_DTYPES, range(len(REDUCTIONS)), sorted(tiles)):
-        common = dict(TOKEN_LOSS=token_loss, N_STATS=n_stats, REDUCTION=reduction)
-        blocks = dict(BLOCK_R=block_r, BLOCK_T=block_t, FINALIZE_BLOCK=FINALIZE_BLOCK)
+    for dtype in FLOAT_DTYPES:
         types = dict(x_ptr=dtype, old_ptr=dtype, other_ptr=dtype, mask_ptr=torch.bool, token_grad_ptr=torch.float32,
                      partials_ptr=torch.float32, loss_ptr=torch.float32, stats_ptr=torch.float32,
                      row_scale_ptr=torch.float32, R="i32", T="i32", p0="fp32", p1="fp32", p2="fp32")
-        launches = ([(True, True, warps, 1)] if one_program
-                    else [(True, False, warps, 2), (False, True, FINALIZE_WARPS, 1)])
-        for rows, finalize, launch_warps, programs_per_sm in launches:
-            specs.append(spec(f"{name} {short(dtype)}", _loss_forward_kernel, launch_warps,
-                              common | dict(ROWS=rows, FINALIZE=finalize) | blocks, programs_per_sm, **types))
+        launch = dict(TOKEN_LOSS=token_loss, N_STATS=n_stats, FINALIZE_BLOCK=FINALIZE_BLOCK)
+
+        def add(num_warps, programs_per_sm, **constexprs):
+            specs.append(spec(f"{name} {short(dtype)}", _loss_forward_kernel, num_warps, launch | constexprs,
+                              programs_per_sm, **types))
+
+        finalizes = [dict(REDUCTION=code) for code in range(len(REDUCTIONS))]
+        for block_r, block_t, one_program, warps in sorted(tiles):
+            rows = dict(BLOCK_R=block_r, BLOCK_T=block_t)
+            for finalize in finalizes if one_program else [UNUSED_BY_ROWS]:
+                add(warps, 1 if one_program else 2, ROWS=True, FINALIZE=one_program, **rows, **finalize)
+        for finalize in finalizes:
+            add(FINALIZE_WARPS, 1, ROWS=False, FINALIZE=True, **UNUSED_BY_FINALIZE, **finalize)
     return specs
 
 
