@@ -61,9 +61,11 @@ def _mean_lines_kernel(x_ptr, mask_ptr, mean_ptr, inv_count_ptr, D, inner, BLOCK
     tl.store(inv_count_ptr + out, inv_count, mask=i < inner)
 
 
-def _tile(D, inner):
+def _tile(inner):
+    """(BLOCK_D, BLOCK_I): _TILE elements whatever D, since a smaller tile for a short D saves nothing that
+    counts and costs a compile per size."""
     block_i = min(triton.next_power_of_2(inner), _MAX_BLOCK_I)
-    return min(_TILE // block_i, triton.next_power_of_2(D)), block_i
+    return _TILE // block_i, block_i
 
 
 def masked_mean_forward(x, mask):
@@ -76,7 +78,7 @@ def masked_mean_forward(x, mask):
         partials, P, config = moments_partials(x, mask)
         _mean_all_kernel[(1,)](x, mask, partials, mean, inv_count, x.numel(), P, FROM_PARTIALS=P > 0, **config)
     else:
-        block_d, block_i = _tile(D, inner)
+        block_d, block_i = _tile(inner)
         _mean_lines_kernel[(outer, triton.cdiv(inner, block_i))](x, mask, mean, inv_count, D, inner,
                                                                  BLOCK_D=block_d, BLOCK_I=block_i,
                                                                  num_warps=_LINES_WARPS)
@@ -103,7 +105,7 @@ def masked_mean_backward(grad, inv_count, mask, dtype):
     """grad, inv_count float32 [outer, inner]; mask bool [outer, D, inner] -> grad_x [outer, D, inner] of dtype."""
     outer, D, inner = mask.shape
     grad_x = torch.empty(mask.shape, device=mask.device, dtype=dtype)
-    block_d, block_i = _tile(D, inner)
+    block_d, block_i = _tile(inner)
     grid = (outer, min(triton.cdiv(D, block_d), MAX_PROGRAMS), triton.cdiv(inner, block_i))
     _mean_backward_kernel[grid](grad, inv_count, mask, grad_x, D, inner, BLOCK_D=block_d, BLOCK_I=block_i,
                                 num_warps=_LINES_WARPS)
@@ -118,9 +120,8 @@ def compile_specs():
                   1, x_ptr=dtype, mask_ptr=torch.bool, partials_ptr=torch.float32, mean_ptr=torch.float32,
                   inv_count_ptr=torch.float32, N="i32", P="i32")
              for dtype, from_partials in itertools.product(FLOAT_DTYPES, (False, True))]
-    sizes = itertools.product(powers_of_two(_TILE), powers_of_two(_MAX_BLOCK_I))  # past the caps: every tile
-    tiles = sorted({_tile(D, inner) for D, inner in sizes})
-    for dtype, (block_d, block_i) in itertools.product(FLOAT_DTYPES, tiles):
+    for dtype, inner in itertools.product(FLOAT_DTYPES, powers_of_two(_MAX_BLOCK_I)):
+        block_d, block_i = _tile(inner)
         blocks = dict(BLOCK_D=block_d, BLOCK_I=block_i)
         specs.append(spec(f"masked_mean_lines {short(dtype)}", _mean_lines_kernel, _LINES_WARPS, blocks, x_ptr=dtype,
                           mask_ptr=torch.bool, mean_ptr=torch.float32, inv_count_ptr=torch.float32, D="i32",
