@@ -68,21 +68,22 @@ def _matches(spec, args, kwargs):
     return True
 
 
-def _run_every_op(dtype):
+def _run_every_op(dtype, device):
     """Each op forward and backward, on small inputs of `dtype`, with each option that picks a kernel."""
-    x = torch.randn(3, 37, dtype=dtype, requires_grad=True)
-    y, z = torch.randn(3, 37, dtype=dtype), torch.randn(3, 37, dtype=dtype)
-    mask = torch.rand(3, 37) < 0.7
-    logits = torch.randn(3, 5, 37, dtype=dtype, requires_grad=True)
-    logprobs, entropy = ops.token_logprobs(logits, torch.randint(0, 37, (3, 5)), return_entropy=True)
+    x = torch.randn(3, 37, dtype=dtype, device=device, requires_grad=True)
+    y, z = torch.randn(3, 37, dtype=dtype, device=device), torch.randn(3, 37, dtype=dtype, device=device)
+    mask = torch.rand(3, 37, device=device) < 0.7
+    logits = torch.randn(3, 5, 37, dtype=dtype, device=device, requires_grad=True)
+    labels = torch.randint(0, 37, (3, 5), device=device)
+    logprobs, entropy = ops.token_logprobs(logits, labels, return_entropy=True)
     (logprobs.sum() + entropy.sum()).backward()
-    ops.token_logprobs(logits, torch.randint(0, 37, (3, 5))).sum().backward()
+    ops.token_logprobs(logits, labels).sum().backward()
     for estimator in ("k1", "k2", "k3", "abs"):
         for clamp in (None, 5.0):
             for ref in (y, y.detach().requires_grad_()):  # the gradient of logprobs only, then of both
                 ops.kl_penalty(x, ref, estimator=estimator, clamp=clamp).sum().backward()
     ops.gae(x, y, mask)
-    ops.kl_shaped_rewards(torch.randn(3, dtype=torch.float32), x, mask, kl_coef=0.1)
+    ops.kl_shaped_rewards(torch.randn(3, device=device), x, mask, kl_coef=0.1)
     for dim in (None, 0, 1):
         ops.masked_mean(x, mask, dim).sum().backward()
     ops.masked_whiten(x, mask, shift_mean=False, unbiased=True)
@@ -108,7 +109,7 @@ def test_every_launch_is_a_spec(monkeypatch, partials):
     previous = ops.set_backend("triton")
     try:
         for dtype in FLOAT_DTYPES:
-            _run_every_op(dtype)
+            _run_every_op(dtype, "cuda" if torch.cuda.is_available() else "cpu")
     finally:
         ops.set_backend(previous)
     specs = kernels.compile_specs()  # under the same constants as the launches
