@@ -9,7 +9,8 @@ Compile specs: every specialization a launcher can pick is enumerable, so CI com
 real GPUs ahead of time without a GPU (tests/test_gpu_compile.py, fastrlhf/benchmark/gpu_compile.py).
 Each module that launches a kernel defines `compile_specs()`, returning a `_specs.CompileSpec` (made
 with `_specs.spec`) for every specialization its launch code can pick: each input dtype the ops pass
-(`_specs.FLOAT_DTYPES` for float inputs), each constexpr combination, each block size and num_warps.
+(`_specs.FLOAT_DTYPES` for float inputs), each constexpr combination, each block size, num_warps and
+maxnreg.
 They come from the same constants and functions the launchers call (a block size computed inline
 is factored into a function both use), never from a second table. A parameter the launch passes as
 None is a constexpr None. A launcher passes fixed values for the constexprs a launch does not read,

@@ -31,6 +31,9 @@ MAX_PROGRAMS = 512  # about 4 per H100 SM; more would only add partials to merge
 MOMENTS_BLOCK = 4096
 PARTIALS_BLOCK = 512  # partials merged per step
 FINALIZE_BLOCK, FINALIZE_WARPS = 1024, 8  # the loss finalize: rows per step, and its lone program's warps
+# Registers per thread of the loss forward: without a cap ptxas (Triton 3.6, 3.8) picks 64 for some tiles and
+# spills a few words (tests/test_gpu_compile.py); 128 keeps 2 programs of 8 warps, or one of 16, per SM.
+LOSS_MAXNREG = 128
 BACKWARD_TILE = 2048  # elements per program of the loss backward
 _STATS_PAD = tl.constexpr(4)  # room for the most statistics a loss has (3), a power of two
 
@@ -220,8 +223,8 @@ def loss_forward(token_loss, n_stats, x, old, other, mask, params, reduction):
     token_grad, row_scale = torch.empty((R, T), **f32), torch.empty(R, **f32)
     partials = torch.empty((2 + n_stats, R), **f32)
     args = (x, old, other, mask, token_grad, partials, loss, stats, row_scale, R, T, *params)
-    launch = dict(TOKEN_LOSS=token_loss, N_STATS=n_stats, FINALIZE_BLOCK=FINALIZE_BLOCK)
     rows, finalize = dict(BLOCK_R=block_r, BLOCK_T=block_t), dict(REDUCTION=REDUCTIONS.index(reduction))
+    launch = dict(maxnreg=LOSS_MAXNREG, TOKEN_LOSS=token_loss, N_STATS=n_stats, FINALIZE_BLOCK=FINALIZE_BLOCK)
     if programs == 1:
         _loss_forward_kernel[(1,)](*args, ROWS=True, FINALIZE=True, num_warps=warps, **launch, **rows, **finalize)
     else:  # the constexprs a pass does not read are fixed, so that it compiles once for all of their values
@@ -236,10 +239,10 @@ UNUSED_BY_ROWS, UNUSED_BY_FINALIZE = dict(REDUCTION=0), dict(BLOCK_R=1, BLOCK_T=
 
 
 def _rows_launch(R, T):
-    """(BLOCK_R, BLOCK_T, programs, num_warps) of the rows pass over [R, T] tokens: 4 tokens per thread, 8 in
-    the many-program launch when a tile is one row. More spill (tests/test_gpu_compile.py): a tile of several
-    rows needs 64-bit addresses per token, and a lone program also holds the finalize. Rows are at least 16
-    wide ([BLOCK_R, 1] tiles spill)."""
+    """(BLOCK_R, BLOCK_T, programs, num_warps) of the rows pass over [R, T] tokens. 4 tokens per thread, 8 in
+    the many-program launch when a tile is one row; more spill (tests/test_gpu_compile.py), since a tile of
+    several rows needs 64-bit addresses per token and a lone program also holds the finalize. Rows are at
+    least 16 wide: [BLOCK_R, 1] tiles spill."""
     warps = 16 if R * T <= SINGLE_PROGRAM_MAX else 8
     block_t = max(triton.next_power_of_2(T), 16)
     tile = 32 * warps * (8 if warps == 8 and block_t >= 32 * 8 * 8 else 4)
@@ -265,7 +268,7 @@ def loss_forward_specs(name, token_loss, n_stats):
 
         def add(num_warps, programs_per_sm, **constexprs):
             specs.append(spec(f"{name} {short(dtype)}", _loss_forward_kernel, num_warps, launch | constexprs,
-                              programs_per_sm, **types))
+                              programs_per_sm, LOSS_MAXNREG, **types))
 
         finalizes = [dict(REDUCTION=code) for code in range(len(REDUCTIONS))]
         for block_r, block_t, one_program, warps in sorted(tiles):

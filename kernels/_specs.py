@@ -17,6 +17,7 @@ class CompileSpec:
     # Programs the launch means to keep resident on one SM at a time: 2 for grids of many programs (one
     # program's loads in flight while another computes), 1 for launches of a single program.
     programs_per_sm: int = 2
+    maxnreg: int = None  # the launch's register cap per thread, if it sets one
 
 
 def powers_of_two(limit):
@@ -28,7 +29,7 @@ def short(dtype):
     return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
 
 
-def spec(name, fn, num_warps, constexprs, programs_per_sm=2, **types):
+def spec(name, fn, num_warps, constexprs, programs_per_sm=2, maxnreg=None, **types):
     """A CompileSpec of fn. types: every runtime parameter -> a torch dtype (a tensor of it), a Triton
     scalar type, or None (a None argument, which Triton turns into a constexpr). A parameter of fn
     missing from types and constexprs, or a name that is not one, raises KeyError."""
@@ -41,8 +42,8 @@ def spec(name, fn, num_warps, constexprs, programs_per_sm=2, **types):
     shown = " ".join(f"{k}={getattr(v, '__name__', v)}" for k, v in constexprs.items())
     constexprs = constexprs | {p: None for p, t in types.items() if t is None}
     signature = {p: "constexpr" if p in constexprs else triton_type(types[p]) for p in fn.arg_names}
-    return CompileSpec(f"{name} {shown} num_warps={num_warps}", fn, signature, constexprs, num_warps,
-                       programs_per_sm)
+    label = f"{name} {shown} num_warps={num_warps}" + (f" maxnreg={maxnreg}" if maxnreg else "")
+    return CompileSpec(label, fn, signature, constexprs, num_warps, programs_per_sm, maxnreg)
 
 
 __all__ = ["CompileSpec", "FLOAT_DTYPES", "powers_of_two", "short", "spec"]

@@ -56,7 +56,7 @@ def test_specs_are_unique_and_cover_every_kernel():
 
 def _matches(spec, args, kwargs):
     bound = dict(zip(spec.fn.arg_names, args)) | kwargs
-    if spec.num_warps != kwargs.get("num_warps", 4):
+    if spec.num_warps != kwargs.get("num_warps", 4) or spec.maxnreg != kwargs.get("maxnreg"):
         return False
     for name, kind in spec.signature.items():
         value = bound[name]

@@ -100,9 +100,10 @@ def _compile(index, cc):
                                         programs_per_sm=spec.programs_per_sm,
                                         kernel=f"{spec.fn.fn.__module__.rsplit('.', 1)[-1]}.{spec.fn.__name__}")
     aligned = {(i,): [["tt.divisibility", 16]] for i, t in enumerate(spec.signature.values()) if t.startswith("*")}
+    options = dict(num_warps=spec.num_warps) | ({"maxnreg": spec.maxnreg} if spec.maxnreg else {})
     try:
         compiled = triton.compile(ASTSource(spec.fn, spec.signature, spec.constexprs, aligned),
-                                  target=GPUTarget("cuda", cc, 32), options=dict(num_warps=spec.num_warps))
+                                  target=GPUTarget("cuda", cc, 32), options=options)
     except Exception as error:  # noqa: BLE001: a spec that does not compile is a row of the table
         return row | dict(error=f"{type(error).__name__}: {str(error).strip().splitlines()[-1:]}")
     registers, stack, static_shared, local = _resource_usage(compiled.asm["cubin"])
