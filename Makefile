@@ -2,11 +2,13 @@
 #   make demo   the main job: the whole RLHF pipeline on the embedded default task
 #   make test   every test: C++ kernels (ASan/UBSan, ctest), then pytest over every usable backend
 #   make bench  the benchmarks against eager PyTorch (tables, JSON and plots in bench/results/)
+#   make gpu-check  on a CUDA machine, first: CUDA tests, GPU benchmark, a short GPU demo (bench/results/<gpu>.json)
+#   make gpu-compile  every Triton kernel compiled for sm_80/sm_90 without a GPU (bench/results/gpu_compile.json)
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 JOBS ?= 2
 
-.PHONY: install browser test test-cpp test-python demo bench
+.PHONY: install browser test test-cpp test-python demo bench gpu-check gpu-compile
 
 # The editable install compiles the extension (minutes): redone only when this Python does not import
 # this checkout's package and extension, or a build input changed since the last install.
@@ -52,3 +54,9 @@ demo: install
 
 bench: install
 	$(PYTHON) -m fastrlhf bench
+
+gpu-check: install
+	$(PYTHON) -m fastrlhf.benchmark.gpu_check
+
+gpu-compile: install
+	$(PYTHON) -m fastrlhf.benchmark.gpu_compile

@@ -16,16 +16,25 @@ row, so the backward of both losses is one elementwise kernel:
     grad_input = grad_loss * token_grad * row_scale[row].
 Forward: 1 launch up to SINGLE_PROGRAM_MAX tokens, else 2 (rows, finalize). Backward: 1 launch.
 """
+import itertools
+
 import torch
 import triton
 import triton.language as tl
 
 from fastrlhf.reference import REDUCTIONS
 
+from ._specs import FLOAT_DTYPES, powers_of_two, short, spec
+
 SINGLE_PROGRAM_MAX = 65536  # elements; tests lower it to exercise the partials path
 MAX_PROGRAMS = 512  # about 4 per H100 SM; more would only add partials to merge
 MOMENTS_BLOCK = 4096
 PARTIALS_BLOCK = 512  # partials merged per step
+FINALIZE_BLOCK, FINALIZE_WARPS = 1024, 8  # the loss finalize: rows per step, and its lone program's warps
+# Registers per thread of the loss forward: without a cap ptxas (Triton 3.6, 3.8) picks 64 for some tiles and
+# spills a few words (tests/test_gpu_compile.py); 128 keeps 2 programs of 8 warps, or one of 16, per SM.
+LOSS_MAXNREG = 128
+BACKWARD_TILE = 2048  # elements per program of the loss backward
 _STATS_PAD = tl.constexpr(4)  # room for the most statistics a loss has (3), a power of two
 
 
@@ -96,11 +105,15 @@ def _moments_kernel(x_ptr, mask_ptr, partials_ptr, N, BLOCK: tl.constexpr):
     tl.store(partials_ptr + 2 * programs + program, m2)
 
 
+def moments_config():
+    return dict(BLOCK=MOMENTS_BLOCK, PARTIALS_BLOCK=PARTIALS_BLOCK, num_warps=num_warps(MOMENTS_BLOCK))
+
+
 def moments_partials(x, mask):
     """(partials [3, P], P, config): for inputs too big for one program, launches the per-program
     moments (1 launch); else launches nothing and P = 0 (the caller's single program reads x itself).
     config: the block sizes and num_warps for the caller's kernel (BLOCK, PARTIALS_BLOCK)."""
-    config = dict(BLOCK=MOMENTS_BLOCK, PARTIALS_BLOCK=PARTIALS_BLOCK, num_warps=num_warps(MOMENTS_BLOCK))
+    config = moments_config()
     programs = num_programs(triton.cdiv(x.numel(), MOMENTS_BLOCK), x.numel())
     partials = torch.empty((3, programs), device=x.device, dtype=torch.float32)
     if programs == 1:
@@ -204,22 +217,67 @@ def loss_forward(token_loss, n_stats, x, old, other, mask, params, reduction):
     """Forward of a PPO loss over [R, T] inputs -> (loss, stats [n_stats], token_grad [R, T], row_scale [R]).
     1 launch up to SINGLE_PROGRAM_MAX tokens, else 2 (rows with many programs, then the finalize)."""
     R, T = x.shape
-    single = R * T <= SINGLE_PROGRAM_MAX
-    tile = 8192 if single else 4096
-    block_t = min(triton.next_power_of_2(T), tile)
-    block_r = tile // block_t
-    programs = num_programs(triton.cdiv(R, block_r), R * T)
+    block_r, block_t, programs, warps = _rows_launch(R, T)
     f32 = dict(device=x.device, dtype=torch.float32)
     loss, stats = torch.empty((), **f32), torch.empty(n_stats, **f32)
     token_grad, row_scale = torch.empty((R, T), **f32), torch.empty(R, **f32)
     partials = torch.empty((2 + n_stats, R), **f32)
-    common = dict(TOKEN_LOSS=token_loss, N_STATS=n_stats, REDUCTION=REDUCTIONS.index(reduction),
-                  BLOCK_R=block_r, BLOCK_T=block_t, FINALIZE_BLOCK=1024)
     args = (x, old, other, mask, token_grad, partials, loss, stats, row_scale, R, T, *params)
-    _loss_forward_kernel[(programs,)](*args, ROWS=True, FINALIZE=programs == 1, num_warps=num_warps(tile), **common)
-    if programs > 1:
-        _loss_forward_kernel[(1,)](*args, ROWS=False, FINALIZE=True, num_warps=8, **common)
+    rows, finalize = dict(BLOCK_R=block_r, BLOCK_T=block_t), dict(REDUCTION=REDUCTIONS.index(reduction))
+    launch = dict(maxnreg=LOSS_MAXNREG, TOKEN_LOSS=token_loss, N_STATS=n_stats, FINALIZE_BLOCK=FINALIZE_BLOCK)
+    if programs == 1:
+        _loss_forward_kernel[(1,)](*args, ROWS=True, FINALIZE=True, num_warps=warps, **launch, **rows, **finalize)
+    else:  # the constexprs a pass does not read are fixed, so that it compiles once for all of their values
+        _loss_forward_kernel[(programs,)](*args, ROWS=True, FINALIZE=False, num_warps=warps, **launch, **rows,
+                                          **UNUSED_BY_ROWS)
+        _loss_forward_kernel[(1,)](*args, ROWS=False, FINALIZE=True, num_warps=FINALIZE_WARPS, **launch,
+                                   **UNUSED_BY_FINALIZE, **finalize)
     return loss, stats, token_grad, row_scale
+
+
+UNUSED_BY_ROWS, UNUSED_BY_FINALIZE = dict(REDUCTION=0), dict(BLOCK_R=1, BLOCK_T=1)
+
+
+def _rows_launch(R, T):
+    """(BLOCK_R, BLOCK_T, programs, num_warps) of the rows pass over [R, T] tokens. 4 tokens per thread, 8 in
+    the many-program launch when a tile is one row; more spill (tests/test_gpu_compile.py), since a tile of
+    several rows needs 64-bit addresses per token and a lone program also holds the finalize. Rows are at
+    least 16 wide: [BLOCK_R, 1] tiles spill."""
+    warps = 16 if R * T <= SINGLE_PROGRAM_MAX else 8
+    block_t = max(triton.next_power_of_2(T), 16)
+    tile = 32 * warps * (8 if warps == 8 and block_t >= 32 * 8 * 8 else 4)
+    block_t = min(block_t, tile)
+    block_r = tile // block_t
+    return block_r, block_t, num_programs(triton.cdiv(R, block_r), R * T), warps
+
+
+def loss_forward_specs(name, token_loss, n_stats):
+    """The compile specs of loss_forward for one loss (the contract in kernels/__init__.py): the rows pass
+    of every tile _rows_launch can pick (R and T over powers of two reach each), with the finalize in the
+    same program or in a second launch."""
+    tiles = set()
+    for R, T in itertools.product(powers_of_two(1 << 17), repeat=2):  # past every cap and threshold
+        block_r, block_t, programs, warps = _rows_launch(R, T)
+        tiles.add((block_r, block_t, programs == 1, warps))
+    specs = []
+    for dtype in FLOAT_DTYPES:
+        types = dict(x_ptr=dtype, old_ptr=dtype, other_ptr=dtype, mask_ptr=torch.bool, token_grad_ptr=torch.float32,
+                     partials_ptr=torch.float32, loss_ptr=torch.float32, stats_ptr=torch.float32,
+                     row_scale_ptr=torch.float32, R="i32", T="i32", p0="fp32", p1="fp32", p2="fp32")
+        launch = dict(TOKEN_LOSS=token_loss, N_STATS=n_stats, FINALIZE_BLOCK=FINALIZE_BLOCK)
+
+        def add(num_warps, programs_per_sm, **constexprs):
+            specs.append(spec(f"{name} {short(dtype)}", _loss_forward_kernel, num_warps, launch | constexprs,
+                              programs_per_sm, LOSS_MAXNREG, **types))
+
+        finalizes = [dict(REDUCTION=code) for code in range(len(REDUCTIONS))]
+        for block_r, block_t, one_program, warps in sorted(tiles):
+            rows = dict(BLOCK_R=block_r, BLOCK_T=block_t)
+            for finalize in finalizes if one_program else [UNUSED_BY_ROWS]:
+                add(warps, 1 if one_program else 2, ROWS=True, FINALIZE=one_program, **rows, **finalize)
+        for finalize in finalizes:
+            add(FINALIZE_WARPS, 1, ROWS=False, FINALIZE=True, **UNUSED_BY_FINALIZE, **finalize)
+    return specs
 
 
 @triton.jit
@@ -238,9 +296,27 @@ def ppo_loss_backward(grad_loss, token_grad, row_scale, dtype):
     """grad_input [R, T] of `dtype` = grad_loss * token_grad * row_scale[row]; 1 launch, one tile per program."""
     R, T = token_grad.shape
     grad = torch.empty((R, T), device=token_grad.device, dtype=dtype)
-    block_t = min(triton.next_power_of_2(T), 2048)
-    block_r = 2048 // block_t
+    block_r, block_t = _backward_tile(T)
     grid = (triton.cdiv(R, block_r), triton.cdiv(T, block_t))
     _loss_backward_kernel[grid](grad_loss, token_grad, row_scale, grad, R, T, BLOCK_R=block_r, BLOCK_T=block_t,
-                                num_warps=num_warps(2048))
+                                num_warps=num_warps(BACKWARD_TILE))
     return grad
+
+
+def _backward_tile(T):
+    block_t = min(triton.next_power_of_2(T), BACKWARD_TILE)
+    return BACKWARD_TILE // block_t, block_t
+
+
+def compile_specs():
+    """The moments partials and the loss backward (the contract in kernels/__init__.py); the loss forward
+    is in each loss's module (loss_forward_specs)."""
+    specs = [spec(f"moments_partials {short(dtype)}", _moments_kernel, moments_config()["num_warps"],
+                  dict(BLOCK=MOMENTS_BLOCK), x_ptr=dtype, mask_ptr=torch.bool, partials_ptr=torch.float32, N="i32")
+             for dtype in FLOAT_DTYPES]
+    for dtype, T in itertools.product(FLOAT_DTYPES, powers_of_two(BACKWARD_TILE)):
+        block_r, block_t = _backward_tile(T)
+        specs.append(spec(f"ppo_loss_backward {short(dtype)}", _loss_backward_kernel, num_warps(BACKWARD_TILE),
+                          dict(BLOCK_R=block_r, BLOCK_T=block_t), grad_loss_ptr=torch.float32,
+                          token_grad_ptr=torch.float32, row_scale_ptr=torch.float32, grad_ptr=dtype, R="i32", T="i32"))
+    return specs

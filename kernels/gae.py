@@ -12,6 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._specs import FLOAT_DTYPES, powers_of_two, short, spec
+
 _MAX_BLOCK_T = 2048
 
 
@@ -51,7 +53,24 @@ def gae(rewards, values, mask, gamma, lam):
     R, T = rewards.shape
     advantages = torch.empty((R, T), device=rewards.device, dtype=torch.float32)
     returns = torch.empty_like(advantages)
-    block = min(triton.next_power_of_2(T), _MAX_BLOCK_T)
+    block, warps = _launch_config(T)
     _gae_kernel[(R,)](rewards, values, mask, advantages, returns, T, gamma, gamma * lam, BLOCK_T=block,
-                      num_warps=8 if block >= 1024 else 4)
+                      num_warps=warps)
     return advantages, returns
+
+
+def _launch_config(T):
+    block = min(triton.next_power_of_2(T), _MAX_BLOCK_T)
+    return block, (8 if block >= 1024 else 4)
+
+
+def compile_specs():
+    """Every specialization the launcher can pick (the contract in kernels/__init__.py)."""
+    specs = []
+    for dtype in FLOAT_DTYPES:
+        for T in powers_of_two(_MAX_BLOCK_T):
+            block, warps = _launch_config(T)
+            specs.append(spec(f"gae {short(dtype)}", _gae_kernel, warps, dict(BLOCK_T=block), rewards_ptr=dtype,
+                              values_ptr=dtype, mask_ptr=torch.bool, advantages_ptr=torch.float32,
+                              returns_ptr=torch.float32, T="i32", gamma="fp32", decay="fp32"))
+    return specs

@@ -5,15 +5,20 @@ A clamp c (inf: none) clamps the output to [-c, c] and, for k3, x at -c before t
 The backward recomputes x (cheaper than saving it) and writes both input gradients in one pass:
 grad_logprobs = g * dkl/dx and grad_ref_logprobs = -g * dkl/dx. One launch per direction.
 """
+import itertools
 import math
 
 import torch
 import triton
 import triton.language as tl
 
+from ._specs import FLOAT_DTYPES, short, spec
+
 # Codes are indices into reference.KL_ESTIMATORS ("k1", "k2", "k3", "abs").
 K1, K2, K3, ABS = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2), tl.constexpr(3)
-_MAX_BLOCK = 4096
+# One block size for every n: a smaller block for a small input saves nothing that counts and costs a compile
+# per size. 8 elements per thread at 8 warps (16 spill in the fp16 backward on sm_90: tests/test_gpu_compile.py).
+_BLOCK, _WARPS = 2048, 8
 
 
 @triton.jit
@@ -89,19 +94,13 @@ def _backward_kernel(logprobs_ptr, ref_ptr, grad_kl_ptr, grad_logprobs_ptr, grad
         tl.store(grad_ref_ptr + offsets, (-grad).to(grad_ref_ptr.dtype.element_ty), mask=inside)
 
 
-def _launch_config(n):
-    block = min(triton.next_power_of_2(n), _MAX_BLOCK)
-    return (triton.cdiv(n, block),), block, (8 if block >= 2048 else 4)
-
-
 def kl_penalty_forward(logprobs, ref_logprobs, estimator, clamp):
     """logprobs, ref_logprobs [N] contiguous of one float dtype, estimator an index into KL_ESTIMATORS,
     clamp (inf: none) -> kl float32 [N]."""
     n = logprobs.numel()
     kl = torch.empty(n, device=logprobs.device, dtype=torch.float32)
-    grid, block, warps = _launch_config(n)
-    _forward_kernel[grid](logprobs, ref_logprobs, kl, n, clamp, ESTIMATOR=estimator,
-                          HAS_CLAMP=not math.isinf(clamp), BLOCK=block, num_warps=warps)
+    _forward_kernel[(triton.cdiv(n, _BLOCK),)](logprobs, ref_logprobs, kl, n, clamp, ESTIMATOR=estimator,
+                                               HAS_CLAMP=not math.isinf(clamp), BLOCK=_BLOCK, num_warps=_WARPS)
     return kl
 
 
@@ -110,8 +109,23 @@ def kl_penalty_backward(logprobs, ref_logprobs, grad_kl, estimator, clamp, need_
     n = logprobs.numel()
     grad_logprobs = torch.empty(n if need_logprobs else 0, device=logprobs.device, dtype=logprobs.dtype)
     grad_ref = torch.empty(n if need_ref else 0, device=ref_logprobs.device, dtype=ref_logprobs.dtype)
-    grid, block, warps = _launch_config(n)
-    _backward_kernel[grid](logprobs, ref_logprobs, grad_kl, grad_logprobs, grad_ref, n, clamp, ESTIMATOR=estimator,
-                           HAS_CLAMP=not math.isinf(clamp), NEED_LOGPROBS=need_logprobs, NEED_REF=need_ref,
-                           BLOCK=block, num_warps=warps)
+    _backward_kernel[(triton.cdiv(n, _BLOCK),)](logprobs, ref_logprobs, grad_kl, grad_logprobs, grad_ref, n, clamp,
+                                                ESTIMATOR=estimator, HAS_CLAMP=not math.isinf(clamp),
+                                                NEED_LOGPROBS=need_logprobs, NEED_REF=need_ref, BLOCK=_BLOCK,
+                                                num_warps=_WARPS)
     return grad_logprobs, grad_ref
+
+
+def compile_specs():
+    """Every specialization the launchers can pick (the contract in kernels/__init__.py)."""
+    specs = []
+    for dtype, estimator, has_clamp in itertools.product(FLOAT_DTYPES, (K1, K2, K3, ABS), (False, True)):
+        options = dict(ESTIMATOR=estimator.value, HAS_CLAMP=has_clamp, BLOCK=_BLOCK)
+        inputs = dict(logprobs_ptr=dtype, ref_ptr=dtype, N="i32", clamp="fp32")
+        specs.append(spec(f"kl_penalty_forward {short(dtype)}", _forward_kernel, _WARPS, options,
+                          kl_ptr=torch.float32, **inputs))
+        for need_logprobs, need_ref in ((True, False), (False, True), (True, True)):  # autograd: at least one
+            specs.append(spec(f"kl_penalty_backward {short(dtype)}", _backward_kernel, _WARPS,
+                              options | dict(NEED_LOGPROBS=need_logprobs, NEED_REF=need_ref),
+                              grad_kl_ptr=torch.float32, grad_logprobs_ptr=dtype, grad_ref_ptr=dtype, **inputs))
+    return specs

@@ -4,9 +4,13 @@ One program per row walks its chunks from the end, so the first masked position 
 row's last (the EOS token) and the score can be placed in the same single pass: kl and mask are
 read once and the rewards written once. One launch.
 """
+import itertools
+
 import torch
 import triton
 import triton.language as tl
+
+from ._specs import FLOAT_DTYPES, powers_of_two, short, spec
 
 _MAX_BLOCK_T = 2048
 
@@ -35,7 +39,24 @@ def kl_shaped_rewards(scores, kl, mask, kl_coef, score_clip):
     """scores [R], kl [R, T] contiguous, mask bool [R, T], score_clip (inf: none) -> rewards float32 [R, T]."""
     R, T = kl.shape
     rewards = torch.empty((R, T), device=kl.device, dtype=torch.float32)
-    block = min(triton.next_power_of_2(T), _MAX_BLOCK_T)
+    block, warps = _launch_config(T)
     _kl_shaped_rewards_kernel[(R,)](scores, kl, mask, rewards, T, kl_coef, score_clip, BLOCK_T=block,
-                                    num_warps=8 if block >= 1024 else 4)
+                                    num_warps=warps)
     return rewards
+
+
+def _launch_config(T):
+    block = min(triton.next_power_of_2(T), _MAX_BLOCK_T)
+    return block, (8 if block >= 1024 else 4)
+
+
+def compile_specs():
+    """Every specialization the launcher can pick (the contract in kernels/__init__.py)."""
+    specs = []
+    for scores_dtype, kl_dtype, T in itertools.product(FLOAT_DTYPES, FLOAT_DTYPES, powers_of_two(_MAX_BLOCK_T)):
+        block, warps = _launch_config(T)
+        specs.append(spec(f"kl_shaped_rewards scores={short(scores_dtype)} kl={short(kl_dtype)}",
+                          _kl_shaped_rewards_kernel, warps, dict(BLOCK_T=block), scores_ptr=scores_dtype,
+                          kl_ptr=kl_dtype, mask_ptr=torch.bool, rewards_ptr=torch.float32, T="i32",
+                          kl_coef="fp32", score_clip="fp32"))
+    return specs

@@ -5,13 +5,18 @@ The whole tensor (outer = inner = 1) is one two-level reduction of moments (kern
 walks D (1 launch). The backward is elementwise, grad_x = grad[o, i] * inv_count[o, i] where mask
 (1 launch; programs (o, block of D, block of inner), striding over D beyond MAX_PROGRAMS blocks).
 """
+import itertools
+
 import torch
 import triton
 import triton.language as tl
 
-from ._masked_reduction import MAX_PROGRAMS, masked_moments, merge_partials, moments_partials
+from ._masked_reduction import MAX_PROGRAMS, masked_moments, merge_partials, moments_config, moments_partials
+from ._specs import FLOAT_DTYPES, powers_of_two, short, spec
 
 _TILE = 2048
+_MAX_BLOCK_I = 256
+_LINES_WARPS = 4
 
 
 @triton.jit
@@ -56,9 +61,11 @@ def _mean_lines_kernel(x_ptr, mask_ptr, mean_ptr, inv_count_ptr, D, inner, BLOCK
     tl.store(inv_count_ptr + out, inv_count, mask=i < inner)
 
 
-def _tile(D, inner):
-    block_i = min(triton.next_power_of_2(inner), 256)
-    return min(_TILE // block_i, triton.next_power_of_2(D)), block_i
+def _tile(inner):
+    """(BLOCK_D, BLOCK_I): _TILE elements whatever D, since a smaller tile for a short D saves nothing that
+    counts and costs a compile per size."""
+    block_i = min(triton.next_power_of_2(inner), _MAX_BLOCK_I)
+    return _TILE // block_i, block_i
 
 
 def masked_mean_forward(x, mask):
@@ -71,9 +78,10 @@ def masked_mean_forward(x, mask):
         partials, P, config = moments_partials(x, mask)
         _mean_all_kernel[(1,)](x, mask, partials, mean, inv_count, x.numel(), P, FROM_PARTIALS=P > 0, **config)
     else:
-        block_d, block_i = _tile(D, inner)
+        block_d, block_i = _tile(inner)
         _mean_lines_kernel[(outer, triton.cdiv(inner, block_i))](x, mask, mean, inv_count, D, inner,
-                                                                 BLOCK_D=block_d, BLOCK_I=block_i)
+                                                                 BLOCK_D=block_d, BLOCK_I=block_i,
+                                                                 num_warps=_LINES_WARPS)
     return mean, inv_count
 
 
@@ -97,7 +105,28 @@ def masked_mean_backward(grad, inv_count, mask, dtype):
     """grad, inv_count float32 [outer, inner]; mask bool [outer, D, inner] -> grad_x [outer, D, inner] of dtype."""
     outer, D, inner = mask.shape
     grad_x = torch.empty(mask.shape, device=mask.device, dtype=dtype)
-    block_d, block_i = _tile(D, inner)
+    block_d, block_i = _tile(inner)
     grid = (outer, min(triton.cdiv(D, block_d), MAX_PROGRAMS), triton.cdiv(inner, block_i))
-    _mean_backward_kernel[grid](grad, inv_count, mask, grad_x, D, inner, BLOCK_D=block_d, BLOCK_I=block_i)
+    _mean_backward_kernel[grid](grad, inv_count, mask, grad_x, D, inner, BLOCK_D=block_d, BLOCK_I=block_i,
+                                num_warps=_LINES_WARPS)
     return grad_x
+
+
+def compile_specs():
+    """Every specialization the launchers can pick (the contract in kernels/__init__.py)."""
+    config = moments_config()
+    specs = [spec(f"masked_mean_all {short(dtype)}", _mean_all_kernel, config["num_warps"],
+                  dict(FROM_PARTIALS=from_partials, BLOCK=config["BLOCK"], PARTIALS_BLOCK=config["PARTIALS_BLOCK"]),
+                  1, x_ptr=dtype, mask_ptr=torch.bool, partials_ptr=torch.float32, mean_ptr=torch.float32,
+                  inv_count_ptr=torch.float32, N="i32", P="i32")
+             for dtype, from_partials in itertools.product(FLOAT_DTYPES, (False, True))]
+    for dtype, inner in itertools.product(FLOAT_DTYPES, powers_of_two(_MAX_BLOCK_I)):
+        block_d, block_i = _tile(inner)
+        blocks = dict(BLOCK_D=block_d, BLOCK_I=block_i)
+        specs.append(spec(f"masked_mean_lines {short(dtype)}", _mean_lines_kernel, _LINES_WARPS, blocks, x_ptr=dtype,
+                          mask_ptr=torch.bool, mean_ptr=torch.float32, inv_count_ptr=torch.float32, D="i32",
+                          inner="i32"))
+        specs.append(spec(f"masked_mean_backward {short(dtype)}", _mean_backward_kernel, _LINES_WARPS, blocks,
+                          grad_ptr=torch.float32, inv_count_ptr=torch.float32, mask_ptr=torch.bool, grad_x_ptr=dtype,
+                          D="i32", inner="i32"))
+    return specs

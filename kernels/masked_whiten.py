@@ -5,11 +5,14 @@ in 1 launch. Larger: the moments partials (kernels/_masked_reduction.py), then t
 2 launches; each normalise program merges the P <= MAX_PROGRAMS partials itself (a few KB from L2)
 instead of paying a third launch for a one-program finalize.
 """
+import itertools
+
 import torch
 import triton
 import triton.language as tl
 
-from ._masked_reduction import masked_moments, merge_partials, moments_partials
+from ._masked_reduction import masked_moments, merge_partials, moments_config, moments_partials
+from ._specs import FLOAT_DTYPES, short, spec
 
 
 @triton.jit
@@ -37,3 +40,15 @@ def masked_whiten(x, mask, shift_mean, unbiased, eps):
     _whiten_kernel[(max(P, 1),)](x, mask, partials, y, x.numel(), P, eps, SHIFT_MEAN=shift_mean, UNBIASED=unbiased,
                                  FROM_PARTIALS=P > 0, **config)
     return y
+
+
+def compile_specs():
+    """Every specialization the launcher can pick (the contract in kernels/__init__.py): one program
+    without partials, many with them."""
+    config = moments_config()
+    return [spec(f"masked_whiten {short(dtype)}", _whiten_kernel, config["num_warps"],
+                 dict(SHIFT_MEAN=shift_mean, UNBIASED=unbiased, FROM_PARTIALS=from_partials, BLOCK=config["BLOCK"],
+                      PARTIALS_BLOCK=config["PARTIALS_BLOCK"]), 2 if from_partials else 1,
+                 x_ptr=dtype, mask_ptr=torch.bool, partials_ptr=torch.float32, y_ptr=torch.float32, N="i32", P="i32",
+                 eps="fp32")
+            for dtype, shift_mean, unbiased, from_partials in itertools.product(FLOAT_DTYPES, *[(False, True)] * 3)]

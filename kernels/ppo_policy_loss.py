@@ -10,7 +10,7 @@ Per token, with ratio = exp(clamp(logprobs - old_logprobs, -20, 20)) and advanta
 import triton
 import triton.language as tl
 
-from ._masked_reduction import loss_forward
+from ._masked_reduction import loss_forward, loss_forward_specs
 
 STATS = ("clip_frac", "approx_kl", "ratio_mean")
 
@@ -36,3 +36,8 @@ def ppo_policy_loss_forward(logprobs, old_logprobs, advantages, mask, clip_eps, 
     -> (loss, stats [clip_frac, approx_kl, ratio_mean], token_grad [R, T], row_scale [R]), float32."""
     return loss_forward(_policy_token, len(STATS), logprobs, old_logprobs, advantages, mask,
                         (clip_eps, clip_eps_high, dual_clip), reduction)
+
+
+def compile_specs():
+    """Every specialization the launcher can pick (the contract in kernels/__init__.py)."""
+    return loss_forward_specs("ppo_policy_loss_forward", _policy_token, len(STATS))

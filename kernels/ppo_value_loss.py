@@ -11,7 +11,7 @@ d loss / d v = v - R where the unclipped branch wins, else 0 (the clipped branch
 import triton
 import triton.language as tl
 
-from ._masked_reduction import loss_forward
+from ._masked_reduction import loss_forward, loss_forward_specs
 
 STATS = ("clip_frac",)
 
@@ -32,3 +32,8 @@ def ppo_value_loss_forward(values, old_values, returns, mask, clip_eps, reductio
     """[R, T] inputs of one float dtype, bool mask; clip_eps = inf for the unclipped loss.
     -> (loss, stats [clip_frac], token_grad [R, T], row_scale [R]), float32."""
     return loss_forward(_value_token, len(STATS), values, old_values, returns, mask, (clip_eps, 0.0, 0.0), reduction)
+
+
+def compile_specs():
+    """Every specialization the launcher can pick (the contract in kernels/__init__.py)."""
+    return loss_forward_specs("ppo_value_loss_forward", _value_token, len(STATS))

@@ -19,6 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._specs import FLOAT_DTYPES, short, spec
+
 PIVOTS = tl.constexpr(16)  # keys tried per read of the row in the threshold search: the interval shrinks 16-fold
 _SMALL, _LARGE = (128, 4), (1024, 8)  # (BLOCK_V, num_warps): a row that fits one small block, or any other
 _INT32_MAX = tl.constexpr(2**31 - 1)
@@ -158,13 +160,10 @@ def sample_tokens(logits, uniforms, temperature, top_k, top_p):
 
 
 def compile_specs():
-    """Every specialization the launcher can pick: (kernel, signature, constexprs, num_warps, label)."""
-    specs = []
-    for dtype in ("fp32", "bf16", "fp16"):
-        signature = {"logits_ptr": f"*{dtype}", "stride_row": "i64", "uniforms_ptr": "*fp32",
-                     "temperature_ptr": "*fp32", "top_k_ptr": "*i64", "top_p_ptr": "*fp32", "tokens_ptr": "*i64",
-                     "logprobs_ptr": "*fp32", "V": "i32", "BLOCK_V": "constexpr"}
-        for block, warps in (_SMALL, _LARGE):
-            specs.append((_sample_kernel, signature, {"BLOCK_V": block}, warps,
-                          f"sample_tokens[{dtype}, BLOCK_V={block}]"))
-    return specs
+    """Every specialization the launcher can pick (the contract in kernels/__init__.py). The row stride is an
+    i64 when it reaches 2^31 (the last position of a long prompt's [B, P, V] logits)."""
+    return [spec(f"sample_tokens {short(dtype)} stride_row={stride}", _sample_kernel, warps, {"BLOCK_V": block},
+                 logits_ptr=dtype, stride_row=stride, uniforms_ptr=torch.float32, temperature_ptr=torch.float32,
+                 top_k_ptr=torch.int64, top_p_ptr=torch.float32, tokens_ptr=torch.int64, logprobs_ptr=torch.float32,
+                 V="i32")
+            for dtype in FLOAT_DTYPES for block, warps in (_SMALL, _LARGE) for stride in ("i32", "i64")]

@@ -7,9 +7,13 @@ Backward: p = exp(z - lse) is recomputed and grad_logits written once:
   d logprob / dz_j = [j == label] - p_j,    d entropy / dz_j = -p_j * (log p_j + entropy),
 both times 1/temperature because z = logits / temperature.
 """
+import itertools
+
 import torch
 import triton
 import triton.language as tl
+
+from ._specs import FLOAT_DTYPES, powers_of_two, short, spec
 
 _MAX_BLOCK_V = 4096
 
@@ -121,3 +125,25 @@ def token_logprobs_backward(logits, labels, lse, entropy, grad_logprobs, grad_en
                            ignore_index, HAS_GRAD_LOGPROBS=grad_logprobs is not None,
                            HAS_GRAD_ENTROPY=grad_entropy is not None, BLOCK_V=block, num_warps=warps)
     return grad_logits
+
+
+def compile_specs():
+    """Every specialization the launchers can pick (the contract in kernels/__init__.py). stride_batch is
+    i64 when the logits hold 2^31 elements or more (the ops view contiguous logits as [1, N, V])."""
+    specs = []
+    for dtype, block, stride_batch in itertools.product(FLOAT_DTYPES, powers_of_two(_MAX_BLOCK_V), ("i32", "i64")):
+        block_v, warps = _launch_config(block)
+        rows = dict(logits_ptr=dtype, labels_ptr=torch.int64, rows_per_batch="i32", stride_batch=stride_batch,
+                    stride_row="i32", V="i32", inv_temperature="fp32", ignore_index="i32")
+        name = f"token_logprobs_{{}} {short(dtype)} stride_batch={stride_batch}"
+        for with_entropy in (False, True):
+            specs.append(spec(name.format("forward"), _forward_kernel, warps,
+                              dict(WITH_ENTROPY=with_entropy, BLOCK_V=block_v), logprobs_ptr=torch.float32,
+                              entropy_ptr=torch.float32, lse_ptr=torch.float32, **rows))
+        for has_logprobs, has_entropy in ((True, False), (False, True), (True, True)):  # autograd: at least one
+            specs.append(spec(name.format("backward"), _backward_kernel, warps,
+                              dict(HAS_GRAD_LOGPROBS=has_logprobs, HAS_GRAD_ENTROPY=has_entropy, BLOCK_V=block_v),
+                              lse_ptr=torch.float32, entropy_ptr=torch.float32, grad_logits_ptr=dtype,
+                              grad_logprobs_ptr=torch.float32 if has_logprobs else None,
+                              grad_entropy_ptr=torch.float32 if has_entropy else None, **rows))
+    return specs

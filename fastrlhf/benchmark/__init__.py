@@ -1,7 +1,8 @@
 """`fastrlhf bench`: every op against eager PyTorch, forward and forward+backward, in one run.
 
-Reports median times, the speed-up measured in the same run, peak extra memory and, on GPU, the
-achieved bandwidth against a measured device-to-device copy. Writes a table, JSON and a PNG plot.
+Reports median times, the speed-up measured in the same run, peak extra memory, and the bandwidth
+achieved on the bytes the op must move (cases.py) against a plain copy of as many bytes (read +
+write), timed in the same run. Writes a table, JSON and a PNG plot.
 """
 import argparse
 import json
@@ -16,7 +17,7 @@ import torch
 
 from .cases import Case, cases
 
-__all__ = ["Case", "cases", "main", "measure", "pytest_benchmark", "runner"]
+__all__ = ["Case", "cases", "main", "measure", "pytest_benchmark", "results_tag", "runner"]
 
 
 def runner(case, impl, backward, device):
@@ -93,16 +94,15 @@ def _peak_extra_bytes(fn, device):
         return float("nan")
 
 
-def copy_bandwidth_gbps(device):
-    """Measured device-to-device copy bandwidth (read + write), the practical ceiling of a memory-bound op."""
-    src = torch.empty(1 << 28, dtype=torch.float32, device=device)
+def copy_ms(n_bytes, device):
+    """Time of a plain copy that reads n_bytes / 2 and writes n_bytes / 2 (torch's copy_, all threads)."""
+    src = torch.ones(max(n_bytes // 8, 1), dtype=torch.float32, device=device)  # written: no untouched pages
     dst = torch.empty_like(src)
-    ms = _time_ms(lambda: dst.copy_(src), device)
-    return 2 * src.numel() * 4 / ms / 1e6
+    return _time_ms(lambda: dst.copy_(src), device)
 
 
 def measure(case, device, backward):
-    """One row of the results: both implementations of a case in one direction."""
+    """One row of the results: both implementations of a case in one direction, and a copy of its bytes."""
     row = {"op": case.op, "shape": list(case.shape), "dtype": str(case.dtype).removeprefix("torch."),
            "direction": "forward+backward" if backward else "forward"}
     for impl in ("eager", "fastrlhf"):
@@ -111,9 +111,13 @@ def measure(case, device, backward):
         row[f"{impl}_peak_mb"] = _peak_extra_bytes(fn, device) / 2**20
         del fn
     row["speedup"] = row["eager_ms"] / row["fastrlhf_ms"]
-    if device.type == "cuda" and case.floor_bytes is not None:
-        element_size = torch.empty(0, dtype=case.dtype).element_size()
-        row["fastrlhf_gbps"] = case.floor_bytes(case.shape, element_size, backward) / row["fastrlhf_ms"] / 1e6
+    if case.floor_bytes is not None:
+        n_bytes = case.floor_bytes(case.make_inputs(case.shape, case.dtype, "meta"), backward)
+        row["bytes"] = n_bytes
+        row["copy_ms"] = copy_ms(n_bytes, device)
+        row["fastrlhf_gbps"] = n_bytes / row["fastrlhf_ms"] / 1e6
+        row["copy_gbps"] = n_bytes / row["copy_ms"] / 1e6
+        row["of_copy"] = row["copy_ms"] / row["fastrlhf_ms"]
     return row
 
 
@@ -129,18 +133,23 @@ def device_description(device):
     return f"{cpu}, {torch.get_num_threads()} threads"
 
 
-def format_table(rows, ceiling_gbps=None):
+def results_tag(device):
+    """The results' file name for a device: cpu, or the GPU's name (nvidia-h100-80gb-hbm3)."""
+    name = device.type if device.type == "cpu" else torch.cuda.get_device_name(device)
+    return re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower()
+
+
+def format_table(rows):
     header = f"{'op':<18} {'shape':<18} {'dtype':<9} {'direction':<17} {'eager ms':>9} {'ours ms':>9} " \
-             f"{'speed-up':>8} {'eager MB':>9} {'ours MB':>8}"
-    if ceiling_gbps:
-        header += f" {'GB/s':>7} {'of copy':>7}"
+             f"{'speed-up':>8} {'eager MB':>9} {'ours MB':>8} {'MB moved':>9} {'copy ms':>9} {'GB/s':>7} {'of copy':>7}"
     lines = [header, "-" * len(header)]
     for r in rows:
         line = (f"{r['op']:<18} {'x'.join(map(str, r['shape'])):<18} {r['dtype']:<9} {r['direction']:<17} "
                 f"{r['eager_ms']:>9.3f} {r['fastrlhf_ms']:>9.3f} {r['speedup']:>7.1f}x "
                 f"{r['eager_peak_mb']:>9.1f} {r['fastrlhf_peak_mb']:>8.1f}")
-        if ceiling_gbps and "fastrlhf_gbps" in r:
-            line += f" {r['fastrlhf_gbps']:>7.0f} {r['fastrlhf_gbps'] / ceiling_gbps:>6.0%}"
+        if "bytes" in r:
+            line += (f" {r['bytes'] / 1e6:>9.2f} {r['copy_ms']:>9.3f} {r['fastrlhf_gbps']:>7.1f} "
+                     f"{r['of_copy']:>7.0%}")
         lines.append(line)
     return "\n".join(lines)
 
@@ -186,7 +195,6 @@ def main(argv=None):
     if wanted - {c.op for c in selected}:
         parser.error(f"unknown ops: {sorted(wanted - {c.op for c in selected})}")
     torch.manual_seed(0)
-    ceiling = copy_bandwidth_gbps(device) if device.type == "cuda" else None
     rows = []
     for case in selected:
         for backward in (False, True) if case.grad_inputs else (False,):
@@ -195,13 +203,13 @@ def main(argv=None):
     description = device_description(device)
     title = f"fastrlhf vs eager PyTorch on {description} (torch {torch.__version__})"
     print(title)
-    if ceiling:
-        print(f"measured copy bandwidth: {ceiling:.0f} GB/s")
-    print(format_table(rows, ceiling))
+    print(format_table(rows))
+    print("MB moved: the least bytes the op reads and writes; copy ms: a plain copy of as many bytes (read + "
+          "write) in this run; GB/s: MB moved / ours ms; of copy: copy ms / ours ms")
     os.makedirs(args.out, exist_ok=True)
-    tag = re.sub(r"[^A-Za-z0-9]+", "-", device.type if device.type == "cpu" else description).strip("-").lower()
+    tag = results_tag(device)
     result = {"device": description, "torch": torch.__version__, "command": "fastrlhf bench " + " ".join(
-        argv if argv is not None else sys.argv[1:]), "copy_gbps": ceiling, "rows": rows}
+        argv if argv is not None else sys.argv[1:]), "threads": torch.get_num_threads(), "rows": rows}
     with open(os.path.join(args.out, f"{tag}.json"), "w") as f:
         json.dump(result, f, indent=1)
     plot(rows, title, os.path.join(args.out, f"{tag}.png"))

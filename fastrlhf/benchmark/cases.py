@@ -1,7 +1,9 @@
 """What the benchmarks run: each op against the eager composite that TRL/OpenRLHF write today.
 
-A case makes its inputs, names the tensors that receive gradients (none: forward only), and gives
-the bytes an ideal kernel must move, from which GPU runs report achieved GB/s.
+A case makes its inputs, names the tensors that receive gradients (none: forward only), and counts
+the bytes an ideal kernel must move (reads + writes, each tensor once at its own dtype; per op in
+bench/README.md), for which the benchmark times a plain copy of as many bytes beside the op.
+Another op's case (a rollout, say) is one more Case in cases(), from its own module if it is large.
 """
 from dataclasses import dataclass
 from typing import Callable
@@ -20,7 +22,7 @@ class Case:
     eager: Callable  # the baseline: **inputs -> output(s)
     fast: Callable  # fastrlhf: **inputs -> output(s)
     grad_inputs: tuple = ()  # inputs that require grad; empty: forward only
-    floor_bytes: Callable = None  # (shape, element size, with backward) -> least bytes moved
+    floor_bytes: Callable = None  # (inputs, with backward) -> least bytes moved (the module docstring)
 
     @property
     def name(self):
@@ -106,23 +108,43 @@ def _scores(shape, dtype, device):
     return inputs | {"scores": torch.randn(shape[0], device=device, dtype=dtype)}
 
 
-def _per_token_bytes(reads, writes, backward_reads=0, backward_writes=0):
-    """Least traffic of an O(tokens) op: float32 tensors per token read / written (masks as 1 byte)."""
-    def floor(shape, element_size, with_backward):
-        tokens = shape[0] * shape[1]
-        moved = reads * element_size + writes * 4 + 1
-        if with_backward:
-            moved += backward_reads * 4 + backward_writes * element_size + 1
-        return tokens * moved
+def _bytes(*tensors):
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _f32(t):
+    """Bytes of a float32 tensor with t's shape."""
+    return 4 * t.numel()
+
+
+def _logits_bytes(inputs, backward):
+    logits, labels = inputs["logits"], inputs["labels"]
+    rows = _bytes(labels) + 2 * _f32(labels)  # labels, log-probs and lse (backward: lse and the gradient)
+    return _bytes(logits) + rows + (2 * _bytes(logits) + rows if backward else 0)
+
+
+def _kl_bytes(inputs, backward):
+    logprobs, ref = inputs["logprobs"], inputs["ref_logprobs"]
+    forward = _bytes(logprobs, ref) + _f32(logprobs)
+    return forward + (forward + _bytes(logprobs) if backward else 0)
+
+
+def _streaming_bytes(reads, f32_writes):
+    """An op that reads the inputs `reads` once and writes `f32_writes` float32 tensors like the first."""
+    return lambda inputs, backward: _bytes(*(inputs[n] for n in reads)) + f32_writes * _f32(inputs[reads[0]])
+
+
+def _masked_mean_bytes(inputs, backward):
+    x, mask = inputs["x"], inputs["mask"]
+    return _bytes(x, mask) + (_bytes(mask, x) if backward else 0)
+
+
+def _loss_bytes(first, *others):
+    def floor(inputs, backward):
+        x = inputs[first]
+        forward = _bytes(x, *(inputs[n] for n in others), inputs["mask"])
+        return forward + (2 * _f32(x) + _bytes(x) if backward else 0)  # token gradient saved, read, applied
     return floor
-
-
-def _logits_bytes(shape, element_size, with_backward):
-    # forward reads the logits once; backward reads them again and writes their gradient
-    n = 1
-    for size in shape:
-        n *= size
-    return n * element_size * (3 if with_backward else 1)
 
 
 def _policy(shape, dtype, device):
@@ -140,28 +162,29 @@ def cases(device):
     logits_dtype = torch.bfloat16 if cuda else torch.float32
     tokens = (64, 1024)
     f32 = torch.float32
+    policy_bytes = _loss_bytes("logprobs", "old_logprobs", "advantages")
     result = [Case("token_logprobs", s, logits_dtype, _logits, eager_token_logprobs, ops.token_logprobs,
                    ("logits",), _logits_bytes) for s in logits_shapes]
     result += [
         Case("kl_penalty", tokens, f32, lambda s, d, dev: _tokens(s, d, dev, "logprobs", "ref_logprobs"),
              lambda logprobs, ref_logprobs, mask: eager_kl_k3(logprobs, ref_logprobs),
              lambda logprobs, ref_logprobs, mask: ops.kl_penalty(logprobs, ref_logprobs, estimator="k3"),
-             ("logprobs",), _per_token_bytes(2, 1, 3, 2)),
+             ("logprobs",), _kl_bytes),
         Case("gae", (512, 8192) if cuda else tokens, f32, lambda s, d, dev: _tokens(s, d, dev, "rewards", "values"),
-             eager_gae, ops.gae, (), _per_token_bytes(2, 2)),
+             eager_gae, ops.gae, (), _streaming_bytes(("rewards", "values", "mask"), 2)),
         Case("masked_mean", tokens, f32, lambda s, d, dev: _tokens(s, d, dev, "x"), eager_masked_mean,
-             ops.masked_mean, ("x",), _per_token_bytes(1, 0, 0, 1)),
+             ops.masked_mean, ("x",), _masked_mean_bytes),
         Case("masked_whiten", tokens, f32, lambda s, d, dev: _tokens(s, d, dev, "x"), eager_masked_whiten,
-             ops.masked_whiten, (), _per_token_bytes(2, 1)),
+             ops.masked_whiten, (), _streaming_bytes(("x", "mask"), 1)),
         Case("ppo_policy_loss", tokens, f32, _policy, eager_policy_loss, ops.ppo_policy_loss, ("logprobs",),
-             _per_token_bytes(3, 1, 1, 1)),
+             policy_bytes),
         Case("ppo_value_loss", tokens, f32, _value, eager_value_loss, ops.ppo_value_loss, ("values",),
-             _per_token_bytes(3, 1, 1, 1)),
+             _loss_bytes("values", "old_values", "returns")),
         Case("kl_shaped_rewards", tokens, f32, _scores, eager_kl_shaped_rewards,
              lambda scores, kl, mask: ops.kl_shaped_rewards(scores, kl, mask, kl_coef=0.05), (),
-             _per_token_bytes(1, 1)),
+             _streaming_bytes(("kl", "mask", "scores"), 1)),
     ]
     if cuda:
         result.append(Case("ppo_policy_loss", (512, 8192), f32, _policy, eager_policy_loss, ops.ppo_policy_loss,
-                           ("logprobs",), _per_token_bytes(3, 1, 1, 1)))
+                           ("logprobs",), policy_bytes))
     return result
