@@ -107,22 +107,6 @@ def rank(labeler, rows, round):
     return rankings
 
 
-def sample(policy_path, prompts, k, config, seed):
-    """k samples of the policy per prompt, [(response texts, ended with EOS)] per prompt. All candidates are
-    sampled here."""
-    device = training.setup(config)
-    tokenizer = models.load_tokenizer(policy_path)
-    policy = models.load_policy(policy_path, tokenizer, config.dtype, device)
-    repeated = [p for p in prompts for _ in range(k)]
-    ids = data.prompts(config.prompts, tokenizer, config.ppo.max_prompt_len, rows=[{"prompt": p} for p in repeated])
-    sampler = evaluate.sampler_for(policy, ids, 256, config.ppo.max_new_tokens)
-    batches = evaluate.sample(sampler, ids, tokenizer, temperature=config.candidate_temperature,
-                              max_new_tokens=config.ppo.max_new_tokens, seed=seed, device=device)
-    texts = [t for responses, mask, _, _ in batches for t in evaluate.decode(tokenizer, responses, mask)]
-    # An empty answer is still an answer to rank; the data layer wants non-empty text.
-    return [([t or "." for t, _ in texts[i:i + k]], [f for _, f in texts[i:i + k]]) for i in range(0, len(texts), k)]
-
-
 class Round:
     """Paths and settings of round r."""
 
@@ -148,7 +132,8 @@ def collect(config, rnd, labeler, policy, previous, train_prompts, heldout_promp
         prompts, half = train_prompts + heldout_prompts, config.candidates // 2
         sources = [(policy, config.candidates - half), (previous, half)] if config.compare_previous and previous \
             else [(policy, config.candidates)]
-        samples = [sample(path, prompts, k, config, 10 * rnd.seed + j) for j, (path, k) in enumerate(sources)]
+        samples = [pipeline.sample_candidates(path, prompts, k, config, 10 * rnd.seed + j)
+                   for j, (path, k) in enumerate(sources)]
         names = [_name(path) for path, k in sources for _ in range(k)]
         rows = [{"id": f"{config.run}/round-{rnd.r}/{i}", "prompt": prompt,
                  "responses": [t for s in samples for t in s[i][0]], "finished": [f for s in samples for f in s[i][1]],
