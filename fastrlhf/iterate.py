@@ -251,6 +251,12 @@ def collect(config, rnd, labeler, policy, previous, train_prompts, heldout_promp
         pipeline._write_jsonl(rnd.candidates, rows)
     rows = data.load_rows(str(rnd.candidates))
     rankings = rank(labeler, rows, rnd.r)
+    for name, heldout in (("training", False), ("held-out", True)):  # checked before anything is written
+        if not any(ranking and len(set(ranking)) > 1
+                   for row, ranking in zip(rows, rankings) if row["heldout"] == heldout):
+            raise LabelerError(f"round {rnd.r}: the rankings give no pair on the {name} prompts (each row unjudged "
+                               "or all tied), and the reward model needs both; have more ranked (labeler human: "
+                               "raise human_judgements), then --resume true")
     for path, heldout in ((rnd.preferences, False), (rnd.heldout_preferences, True)):
         pipeline._write_jsonl(path, [{"prompt": row["prompt"], "responses": row["responses"], "ranking": ranking}
                                      for row, ranking in zip(rows, rankings)

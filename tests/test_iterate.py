@@ -143,16 +143,19 @@ def test_rankings_checked_whatever_the_labeler():
         iterate.make_labeler(config.IterateConfig(labeler="humans"))
 
 
-def test_bad_labeler_in_round_3_keeps_earlier_rounds(demo, tmp_path, capsys):
+@pytest.mark.parametrize("bad, message", [
+    ("permutation", r"round 3, row 2 \(id demo/round-3/1\): expected the ranks"),
+    ("ties", r"round 3: the rankings give no pair on the training prompts"),
+])
+def test_bad_labeler_in_round_3_keeps_earlier_rounds(demo, tmp_path, capsys, bad, message):
     demo_dir, _ = demo
     shutil.copytree(demo_dir, tmp_path / "demo")
     before = {p: p.read_bytes() for p in (tmp_path / "demo").rglob("*") if p.is_file() and "round-" in str(p)}
     with pytest.raises(SystemExit) as exit:
         cli.main(iterate_args(demo_dir, tmp_path, "demo", rounds=3, resume="true",
-                              labeler=f"{LABELER} --bad permutation --in-round 3"))
+                              labeler=f"{LABELER} --bad {bad} --in-round 3"))
     assert exit.value.code == 2
-    assert re.search(r"fastrlhf iterate: error: round 3, row 2 \(id demo/round-3/1\): expected the ranks",
-                     capsys.readouterr().err)
+    assert re.search(f"fastrlhf iterate: error: {message}", capsys.readouterr().err)
     assert {p: p.read_bytes() for p in before} == before
     assert (tmp_path / "demo" / "round-3" / "candidates.jsonl").exists()
     assert not (tmp_path / "demo" / "round-3" / "preferences.jsonl").exists()
