@@ -87,8 +87,12 @@ def plain_name(value):
 
 
 def labeler_name(value):
-    return None if value == "demo" or (value.startswith("command:") and value[8:].strip()) else \
-        "must be demo or command:<program>"
+    return None if value in ("demo", "human") or (value.startswith("command:") and value[8:].strip()) else \
+        "must be demo, human or command:<program>"
+
+
+def not_a_directory(value):
+    return "is a directory; expected a file" if value and Path(value).expanduser().is_dir() else None
 
 
 def device_name(value):
@@ -267,8 +271,17 @@ def _distinct_demo_prompts():
 class Rounds:
     """Options of iterated RLHF (`iterate`, `demo --rounds N`): rounds of comparisons -> reward model -> PPO."""
     rounds: int = option(3, "rounds of fresh comparisons on the current policy -> reward model -> PPO", at_least(1))
-    labeler: str = option("demo", "who ranks the candidates: demo (the embedded task's rule) or command:<program> "
-                                  "(candidate rows as JSONL on stdin, one ranking per line on stdout)", labeler_name)
+    labeler: str = option("demo", "who ranks the candidates: demo (the embedded task's rule), command:<program> "
+                                  "(candidate rows as JSONL on stdin, one ranking per line on stdout) or human "
+                                  "(annotators, on `fastrlhf annotate serve --db <human_db>`)", labeler_name)
+    human_db: str = option("", "labeler human: the `fastrlhf annotate` SQLite database each round's candidates go "
+                               "into (created if missing)", not_a_directory)
+    human_annotators: int = option(1, "labeler human: judgements (by different annotators) each item waits for; "
+                                      "serve with the same --annotators-per-item", at_least(1))
+    human_judgements: int = option(0, "labeler human: judgements a round waits for before it goes on (0: every "
+                                      "item human_annotators times)", at_least(0))
+    human_poll_seconds: float = option(5.0, "labeler human: seconds between two looks at the database while "
+                                            "waiting", above(0))
     gold_labeler: str = option("demo", "gold judge of the held-out evaluations and win rates: demo, or empty "
                                        "(win rates then judged by the round's reward model)", one_of("", "demo"))
     preference_prompts: int = option(500, "training prompts whose samples the labeler ranks (per round: fresh ones "
@@ -283,6 +296,11 @@ class Rounds:
                                     "(the over-optimisation curve; 0: none)", at_least(0))
     report_prompts: int = option(256, "held-out prompts of each round's report (gold, proxy, KL, win rates)",
                                  at_least(1))
+
+    def problems(self):
+        yield from super().problems()
+        if self.labeler == "human" and not self.human_db:
+            yield ("labeler", "human_db"), "the human labeler needs human_db: the annotation database"
 
 
 @dataclass
@@ -312,6 +330,7 @@ class DemoConfig(Rounds, PipelineConfig):
                                 "ppo": ("policy", "reward_model", "prompts", "critic", "eval_prompts", "eval_labeler")}
 
     def problems(self):
+        yield from super().problems()
         if self.preference_prompts > self.train_prompts:
             yield ("preference_prompts", "train_prompts"), "the preference prompts are drawn from the training ones"
         if self.train_prompts + self.heldout_prompts > _distinct_demo_prompts():

@@ -16,20 +16,27 @@ the KL reference stays the SFT model. Round r writes under <output_dir>/<run>/ro
 and <run>/over_optimisation.png plots gold and proxy score against KL and steps, a curve per round. A killed
 run continues with --resume true: finished rounds and stages are skipped, a stage resumes from its checkpoint.
 
-A labeler maps a round's candidate rows {id, prompt, responses, finished} to one ranking per row
+A labeler maps a round's candidate rows {id, prompt, responses, finished, policies} to one ranking per row
 (ranking[i] is the rank of responses[i], 1 = best, tied responses share the better rank; None leaves the
-row unjudged). `make_labeler` holds the list: demo (the embedded task's rule) and command:<program>.
+row unjudged). `make_labeler` holds the list: demo (the embedded task's rule), command:<program> and human
+(annotators, through the database of `fastrlhf annotate`).
 """
+import contextlib
 import dataclasses
 import json
+import random
 import shlex
+import sqlite3
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import torch
 
 from . import checkpoint, data, distributed, evaluate, metrics, models, pipeline, ppo, reward_model, sft, training
+from .annotate import db as feedback_db
+from .annotate import export
 from .config import Common, EvalConfig, IterateConfig, Rounds, check
 from .demo import task
 
@@ -47,13 +54,15 @@ def demo_labeler(rows):
 
 
 def command_labeler(program):
-    """Runs `program` once per round: candidate rows as JSONL on its stdin; on its stdout one line per row,
-    in order, holding the row's ranking as a JSON list (or {"ranking": [...], ...}, or null)."""
+    """Runs `program` once per round: candidate rows {id, prompt, responses, finished} as JSONL on its stdin
+    (blind, as annotators are: not which policy wrote what); on its stdout one line per row, in order,
+    holding the row's ranking as a JSON list (or {"ranking": [...], ...}, or null)."""
     argv = shlex.split(program)
 
     def label(rows):
+        blind = [{k: row[k] for k in ("id", "prompt", "responses", "finished")} for row in rows]
         try:
-            done = subprocess.run(argv, input="".join(json.dumps(row) + "\n" for row in rows),
+            done = subprocess.run(argv, input="".join(json.dumps(row) + "\n" for row in blind),
                                   stdout=subprocess.PIPE, text=True)
         except OSError as error:
             raise LabelerError(f"labeler {program!r} could not be started: {error}") from error
@@ -74,14 +83,114 @@ def command_labeler(program):
     return label
 
 
+def human_labeler(config):
+    """Pushes each round's rows into the annotation database `config.human_db` as ranking items (each text
+    once; a row whose responses are all one text is not pushed and ranks them tied), where annotators rank
+    them on `fastrlhf annotate serve --db <human_db>`, and waits until `config.human_judgements` judgements
+    exist (0: every item judged `config.human_annotators` times; a judgement is a ranking, "all bad" or a
+    skip, and an item counts at most human_annotators of them). Then it closes the round's items (no
+    longer offered) and returns, for each row, its judgements combined:
+
+      ranked    the ranks the annotator gave
+      all bad   every response tied: no pair
+      skipped   nothing: a row whose judgements are all skips is left unjudged (None)
+
+    Several annotators' rankings combine by rank sum (Borda): responses ordered by the sum of their ranks,
+    equal sums tied, so a pair the annotators order in opposite ways gives no pair. Duplicate texts take
+    their text's rank. Pushing is idempotent by the row ids (the items' external ids): called again with
+    the same rows, as a resumed run does, it finds its items and their judgements and waits on."""
+
+    def label(rows):
+        with _human_db(config) as store:
+            return _human_rankings(store, rows, config)
+
+    with _human_db(config):  # a database that cannot be opened fails now, not after a round of training
+        return label
+
+
+@contextlib.contextmanager
+def _human_db(config):
+    """The annotation database, opened (and created, with its directory); its errors are the labeler's."""
+    try:
+        Path(config.human_db).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        store = feedback_db.Store(Path(config.human_db).expanduser())
+    except (OSError, sqlite3.Error) as error:
+        raise LabelerError(f"human_db {config.human_db}: {error}") from error
+    try:
+        yield store
+    except sqlite3.Error as error:
+        raise LabelerError(f"human_db {config.human_db}: {error}") from error
+    finally:
+        store.close()
+
+
+def _human_rankings(store, rows, config):
+    texts = [list(dict.fromkeys(row["responses"])) for row in rows]
+    pushed = [i for i, t in enumerate(texts) if len(t) > 1]
+    records = []
+    for i in pushed:
+        first = [rows[i]["responses"].index(t) for t in texts[i]]  # a text's policy: its first writer's
+        records.append({"external_id": rows[i]["id"], "prompt": rows[i]["prompt"], "responses": texts[i],
+                        "policies": [rows[i]["policies"][j] for j in first],
+                        "finished": [rows[i]["finished"][j] for j in first], "annotations": []})
+    random.Random(0).shuffle(records)  # served in this order: a partial count covers training and held-out rows
+    store.import_judgements(records, "iterate")
+    ids = [rows[i]["id"] for i in pushed]
+    items = []
+    for i, (item, responses, _) in zip(pushed, store.items_by_external_id(ids)):
+        if item["prompt"] != feedback_db.prompt_key(rows[i]["prompt"]) or [r["text"] for r in responses] != texts[i]:
+            raise LabelerError(f"{config.human_db} holds another item of this id (a run started afresh over an "
+                               "earlier one of the same name?): continue that run with --resume true, or use "
+                               "another run name or human_db", i)
+        items.append(item["id"])
+    store.set_closed(items, False)  # open again if an interrupted call closed them
+    _wait_for_judgements(store, ids, config)
+    store.set_closed(items, True)
+    found = store.items_by_external_id(ids)  # with any judgement saved since (of an item open on a page)
+    rankings = [None if len(t) > 1 else [1] * len(row["responses"]) for row, t in zip(rows, texts)]
+    for i, (_, responses, judgements) in zip(pushed, found):
+        given = [r for j in judgements if (r := export.judgement_ranking(j, len(responses))) is not None]
+        if given:
+            position = {r["text"]: n for n, r in enumerate(responses)}
+            totals = [sum(ranks[position[t]] for ranks in given) for t in rows[i]["responses"]]
+            rankings[i] = [1 + sum(other < total for other in totals) for total in totals]
+    return rankings
+
+
+def _wait_for_judgements(store, ids, config):
+    """Polls the database until the items `ids` have the judgements the round waits for, showing the count
+    on one line. Ctrl-C stops the run; --resume true waits on."""
+    most = len(ids) * config.human_annotators
+    needed = min(config.human_judgements, most) if config.human_judgements else most
+    print(f"human labeler: {len(ids)} items in {config.human_db}, ranked on `fastrlhf annotate serve --db "
+          f"{config.human_db}`; waiting for {needed} judgements", flush=True)
+    tty, shown = sys.stdout.isatty(), None
+    try:
+        while True:
+            found = store.items_by_external_id(ids)
+            judged = sum(min(len(judgements), config.human_annotators) for _, _, judgements in found)
+            if judged != shown:  # on a terminal, one line rewritten in place
+                line = f"human labeler: {judged}/{needed} judgements"
+                print("\r" + line if tty else line, end="" if tty else "\n", flush=True)
+                shown = judged
+            if judged >= needed:
+                return
+            time.sleep(config.human_poll_seconds)
+    finally:
+        if tty:
+            print(flush=True)
+
+
 def make_labeler(config):
     """labeler(rows) -> rankings, from config.labeler."""
     name = config.labeler
     if name == "demo":
         return demo_labeler
+    if name == "human":
+        return human_labeler(config)
     if name.startswith("command:") and name.removeprefix("command:").strip():
         return command_labeler(name.removeprefix("command:"))
-    raise LabelerError(f"labeler must be demo or command:<program>, got {name!r}")
+    raise LabelerError(f"labeler must be demo, human or command:<program>, got {name!r}")
 
 
 def is_ranking(ranking, k):
@@ -93,7 +202,8 @@ def is_ranking(ranking, k):
 def rank(labeler, rows, round):
     """The labeler's rankings of `rows`, checked: every error names the round and, where it is one row's, the row."""
     try:
-        rankings = labeler([{k: row[k] for k in ("id", "prompt", "responses", "finished")} for row in rows])
+        rankings = labeler([{k: row[k] for k in ("id", "prompt", "responses", "finished", "policies")}
+                            for row in rows])
         if not isinstance(rankings, list) or len(rankings) != len(rows):
             raise LabelerError(f"expected a list of {len(rows)} rankings, one per row, got {str(rankings)[:80]}")
         for i, (row, ranking) in enumerate(zip(rows, rankings)):
@@ -105,22 +215,6 @@ def rank(labeler, rows, round):
         row = f", row {error.row + 1} (id {rows[error.row]['id']})" if error.row is not None else ""
         raise LabelerError(f"round {round}{row}: {error}", error.row) from None
     return rankings
-
-
-def sample(policy_path, prompts, k, config, seed):
-    """k samples of the policy per prompt, [(response texts, ended with EOS)] per prompt. All candidates are
-    sampled here."""
-    device = training.setup(config)
-    tokenizer = models.load_tokenizer(policy_path)
-    policy = models.load_policy(policy_path, tokenizer, config.dtype, device)
-    repeated = [p for p in prompts for _ in range(k)]
-    ids = data.prompts(config.prompts, tokenizer, config.ppo.max_prompt_len, rows=[{"prompt": p} for p in repeated])
-    sampler = evaluate.sampler_for(policy, ids, 256, config.ppo.max_new_tokens)
-    batches = evaluate.sample(sampler, ids, tokenizer, temperature=config.candidate_temperature,
-                              max_new_tokens=config.ppo.max_new_tokens, seed=seed, device=device)
-    texts = [t for responses, mask, _, _ in batches for t in evaluate.decode(tokenizer, responses, mask)]
-    # An empty answer is still an answer to rank; the data layer wants non-empty text.
-    return [([t or "." for t, _ in texts[i:i + k]], [f for _, f in texts[i:i + k]]) for i in range(0, len(texts), k)]
 
 
 class Round:
@@ -148,7 +242,8 @@ def collect(config, rnd, labeler, policy, previous, train_prompts, heldout_promp
         prompts, half = train_prompts + heldout_prompts, config.candidates // 2
         sources = [(policy, config.candidates - half), (previous, half)] if config.compare_previous and previous \
             else [(policy, config.candidates)]
-        samples = [sample(path, prompts, k, config, 10 * rnd.seed + j) for j, (path, k) in enumerate(sources)]
+        samples = [pipeline.sample_candidates(path, prompts, k, config, 10 * rnd.seed + j)
+                   for j, (path, k) in enumerate(sources)]
         names = [_name(path) for path, k in sources for _ in range(k)]
         rows = [{"id": f"{config.run}/round-{rnd.r}/{i}", "prompt": prompt,
                  "responses": [t for s in samples for t in s[i][0]], "finished": [f for s in samples for f in s[i][1]],
@@ -156,6 +251,12 @@ def collect(config, rnd, labeler, policy, previous, train_prompts, heldout_promp
         pipeline._write_jsonl(rnd.candidates, rows)
     rows = data.load_rows(str(rnd.candidates))
     rankings = rank(labeler, rows, rnd.r)
+    for name, heldout in (("training", False), ("held-out", True)):  # checked before anything is written
+        if not any(ranking and len(set(ranking)) > 1
+                   for row, ranking in zip(rows, rankings) if row["heldout"] == heldout):
+            raise LabelerError(f"round {rnd.r}: the rankings give no pair on the {name} prompts (each row unjudged "
+                               "or all tied), and the reward model needs both; have more ranked (labeler human: "
+                               "raise human_judgements), then --resume true")
     for path, heldout in ((rnd.preferences, False), (rnd.heldout_preferences, True)):
         pipeline._write_jsonl(path, [{"prompt": row["prompt"], "responses": row["responses"], "ranking": ranking}
                                      for row, ranking in zip(rows, rankings)

@@ -56,24 +56,28 @@ def write_task_data(config, directory):
     return train, heldout
 
 
-def label_candidates(policy_path, prompts, path, config, seed):
-    """K samples per prompt from the SFT policy, ranked by the labeler: {prompt, responses, ranking} rows."""
+def sample_candidates(policy_path, prompts, k, config, seed):
+    """k samples of the policy per prompt, [(response texts, ended with EOS)] per prompt: the candidates that
+    a labeler ranks (the demo's, and each round's of `iterate`). An empty answer is still an answer to rank;
+    it is written "." (the data layer wants non-empty text, and the task scores both as malformed)."""
     device = training.setup(config)
     tokenizer = models.load_tokenizer(policy_path)
     policy = models.load_policy(policy_path, tokenizer, config.dtype, device)
-    repeated = [p for p in prompts for _ in range(config.candidates)]
-    ids = data.prompts(str(path), tokenizer, config.ppo.max_prompt_len, rows=[{"prompt": p} for p in repeated])
+    repeated = [p for p in prompts for _ in range(k)]
+    ids = data.prompts("the candidates' prompts", tokenizer, config.ppo.max_prompt_len,
+                       rows=[{"prompt": p} for p in repeated])
     sampler = evaluate.sampler_for(policy, ids, 256, config.ppo.max_new_tokens)
     batches = evaluate.sample(sampler, ids, tokenizer, temperature=config.candidate_temperature,
                               max_new_tokens=config.ppo.max_new_tokens, seed=seed, device=device)
     texts = [t for responses, mask, _, _ in batches for t in evaluate.decode(tokenizer, responses, mask)]
-    rows = []
-    for i, prompt in enumerate(prompts):
-        candidates = texts[i * config.candidates:(i + 1) * config.candidates]
-        responses = [t if t else "." for t, _ in candidates]  # an empty answer is still an answer to rank
-        rows.append({"prompt": prompt, "responses": responses,
-                     "ranking": task.rank(prompt, [t for t, _ in candidates], [f for _, f in candidates])})
-    _write_jsonl(path, rows)
+    return [([t or "." for t, _ in texts[i:i + k]], [f for _, f in texts[i:i + k]]) for i in range(0, len(texts), k)]
+
+
+def label_candidates(policy_path, prompts, path, config, seed):
+    """K samples per prompt from the SFT policy, ranked by the labeler: {prompt, responses, ranking} rows."""
+    samples = sample_candidates(policy_path, prompts, config.candidates, config, seed)
+    _write_jsonl(path, [{"prompt": prompt, "responses": responses, "ranking": task.rank(prompt, responses, finished)}
+                        for prompt, (responses, finished) in zip(prompts, samples)])
 
 
 def demo(config):

@@ -15,7 +15,7 @@ task = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(task)
 
 parser = argparse.ArgumentParser()
-parser.add_argument("--bad", choices=("permutation", "count", "exit", "json"))
+parser.add_argument("--bad", choices=("permutation", "count", "exit", "json", "ties"))
 parser.add_argument("--in-round", type=int, default=1)
 args = parser.parse_args()
 
@@ -26,6 +26,8 @@ if bad == "exit":
 rankings = [task.rank(row["prompt"], row["responses"], row["finished"]) for row in rows]
 if bad == "permutation":
     rankings[1] = [1] * (len(rankings[1]) - 1) + [2]  # three tied for first, then 2: not a ranking
+if bad == "ties":
+    rankings = [[1] * len(r) for r in rankings]  # valid rankings, but not one pair
 if bad == "count":
     rankings = rankings[:-1]
 lines = [json.dumps({"ranking": r} if i % 2 else r) for i, r in enumerate(rankings)]

@@ -2,6 +2,7 @@
 annotator is shown, validation of every submission (a forged or malformed one changes nothing), the token,
 red teaming, export -> `fastrlhf rm` -> `fastrlhf eval`, Label Studio and Argilla imports, and the
 agreement statistics on hand-computed cases."""
+import contextlib
 import json
 from collections import Counter
 import shutil
@@ -205,6 +206,7 @@ def test_serve_refuses_a_public_host_without_token(capsys, monkeypatch):
     (["export", "--db", "missing.sqlite", "--out", "x.jsonl"], "no such database"),
     (["import", "missing.json", "--db", "f.sqlite", "--format", "argilla"], "no such file"),
     (["stats"], "required"),
+    (["serve", "--prompts", "p.jsonl", "--db", "f.sqlite"], "--prompts needs --policy"),
 ])
 def test_user_errors_are_one_line(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -403,6 +405,23 @@ def test_database_is_wal_and_synchronous(tmp_path):
     store.import_judgements([{"prompt": "p", "responses": ["a", "b"], "external_id": "x",
                               "annotations": [{"annotator": "z", "ranks": [1, 2]}]}], "test")
     assert sqlite3.connect(store.path).execute("SELECT COUNT(*) FROM judgements").fetchone()[0] == 1
+
+
+def test_a_database_made_before_items_could_be_closed(tmp_path):
+    old = db.SCHEMA.replace(",\n    closed INTEGER NOT NULL DEFAULT 0", "")
+    assert old != db.SCHEMA
+    with contextlib.closing(sqlite3.connect(tmp_path / "f.sqlite")) as conn:
+        conn.executescript(old)
+        conn.execute("INSERT INTO prompts (prompt) VALUES ('\"p\"')")
+        conn.execute("INSERT INTO items (prompt_id, kind, source, created) VALUES (1, 'rank', 'prompts', 0)")
+        conn.executemany("INSERT INTO responses (item_id, public_id, text, policy, finished) VALUES (1, ?, ?, 'x', 1)",
+                         [("0" * 16, "a"), ("1" * 16, "b")])
+        conn.commit()
+    store = db.Store(tmp_path / "f.sqlite")
+    assert store.next_item("ann")["id"] == 1
+    store.set_closed([1], True)
+    assert store.next_item("bob") is None and store.progress("bob") == {"done": 0, "items": 0}
+    assert store.progress("ann") == {"done": 0, "items": 0}  # shown, not judged: no longer theirs to do
 
 
 def test_repeated_and_empty_responses_are_not_ranked():

@@ -1,7 +1,8 @@
 """The annotation pages in a real browser: headless Chromium (Debian's package) driven by Playwright, against
 `fastrlhf annotate serve` run as a subprocess. Ranking by keyboard and by drag, submit, reload, the database
 and the export; model output rendered as text, never as HTML; two annotators at once; the red-team page;
-a server SIGKILLed between two submissions loses nothing it confirmed.
+a server SIGKILLed between two submissions loses nothing it confirmed; a server of the items another
+program adds (`fastrlhf iterate --labeler human`) shows them as they come.
 
 FASTRLHF_UPDATE_SCREENSHOT=1 also writes the ranking page's screenshot to docs/annotate.png (the README's).
 """
@@ -26,6 +27,7 @@ if not os.path.exists(CHROMIUM):
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')")
 
 from fastrlhf.annotate import cli as annotate_cli  # noqa: E402
+from fastrlhf.annotate import db  # noqa: E402
 from fastrlhf.demo import task  # noqa: E402
 
 import tiny_run  # noqa: E402
@@ -51,10 +53,11 @@ def label_studio_task(number, prompt, responses):
 
 
 class Server:
-    """`fastrlhf annotate serve` on the embedded demo model, in a subprocess."""
+    """`fastrlhf annotate serve` on the embedded demo model, in a subprocess (sampled=False: the items
+    already in the database and those added later, no policy)."""
 
-    def __init__(self, directory):
-        self.directory, self.db = directory, directory / "feedback.sqlite"
+    def __init__(self, directory, sampled=True):
+        self.directory, self.db, self.sampled = directory, directory / "feedback.sqlite", sampled
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -62,11 +65,11 @@ class Server:
 
     def start(self):
         self.log = open(self.directory / "server.log", "a")
+        sampling = ["--policy", "demo", "--prompts", str(self.directory / "prompts.jsonl"), "--k", "3",
+                    "--max-new-tokens", "12", "--max-prompt-len", "32", "--annotators-per-item", "2", "--threads", "1"]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "fastrlhf", "annotate", "serve", "--policy", "demo", "--prompts",
-             str(self.directory / "prompts.jsonl"), "--db", str(self.db), "--k", "3", "--port", str(self.port),
-             "--max-new-tokens", "12", "--max-prompt-len", "32", "--annotators-per-item", "2", "--threads", "1"],
-            env=tiny_run.env(), stdout=self.log, stderr=subprocess.STDOUT)
+            [sys.executable, "-m", "fastrlhf", "annotate", "serve", "--db", str(self.db), "--port", str(self.port),
+             *(sampling if self.sampled else [])], env=tiny_run.env(), stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 120
         while time.time() < deadline:
             if self.process.poll() is not None:
@@ -315,3 +318,30 @@ def test_sigkill_between_submissions_loses_nothing_confirmed(context, server):
     assert judged == [(first,), (second,)]
     page.reload()
     assert current_item(page) not in (first, second)
+
+
+def test_items_added_while_the_page_waits(context, tmp_path):
+    """`serve --db` alone, as for `fastrlhf iterate --labeler human`: a page with nothing to rank says so and
+    shows an item added later by itself; a closed item (a round that went on) is not offered."""
+    server = Server(tmp_path, sampled=False)
+    server.start()
+    try:
+        page = open_page(context, server, "late")
+        page.wait_for_selector("#waiting:not([hidden])")
+        assert page.text_content("#waiting-text") == "Nothing to rank right now. New items appear here by themselves."
+        store = db.Store(server.db)
+        store.import_judgements([{"external_id": f"run/round-1/{i}", "prompt": f"review : {aspect}",
+                                  "responses": [f"the {aspect} was great .", f"the {aspect} was bad ."],
+                                  "policies": ["sft", "sft"], "finished": [True, True], "annotations": []}
+                                 for i, aspect in enumerate(("pool", "view"))], "iterate")
+        [(closed, *_)] = store.items_by_external_id(["run/round-1/0"])
+        store.set_closed([closed["id"]], True)
+        item = current_item(page)  # the page asks again every 5 seconds
+        assert page.text_content("#prompt") == "review : view"
+        page.keyboard.press("Enter")
+        submitted(page, item)
+        page.wait_for_selector("#waiting:not([hidden])")
+        assert server.query("SELECT COUNT(*) FROM judgements WHERE annotator = 'late'") == [(1,)]
+        assert page.errors == []
+    finally:
+        server.stop()

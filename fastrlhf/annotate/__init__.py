@@ -3,7 +3,8 @@
   serve   samples K responses per prompt from a policy (two versions mixed with --policy2) in the
           background and serves a page where annotators rank them, and a red-team page where they write
           prompts and flag the policy's responses; every judgement goes to SQLite (db.py) before the page
-          says "saved"
+          says "saved". Without --prompts it serves the items others add (`fastrlhf iterate --labeler
+          human` pushes each round's candidates)
   export  preference rows {prompt, responses, ranking, ...} that `fastrlhf rm --data` trains on, and the
           red-team prompts and pairs (export.py)
   import  Label Studio and Argilla ranking exports into the same database (importers.py)

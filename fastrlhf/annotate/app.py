@@ -68,7 +68,9 @@ def _error(status, message):
 def create_app(store, *, k, categories, policies=None, sampler=None, token=None, per_item=1, redteam_k=2,
                max_prompt_len=256):
     """The app over `store`. policies: sampling.Policies (the red-team page needs them); sampler: the
-    BackgroundSampler filling the ranking items, whose progress and failure the page shows."""
+    BackgroundSampler filling the ranking items, whose progress and failure the page shows, or None when
+    the items come from elsewhere (`fastrlhf iterate --labeler human` adds each round's while the server
+    runs): then a page with nothing left to rank keeps asking for new items."""
     app = FastAPI(title="fastrlhf annotate", docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.middleware("http")
@@ -105,7 +107,8 @@ def create_app(store, *, k, categories, policies=None, sampler=None, token=None,
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     def sampling():
-        return {"remaining": sampler.remaining if sampler else 0, "error": sampler.error if sampler else None}
+        return {"remaining": sampler.remaining if sampler else 0, "error": sampler.error if sampler else None,
+                "external": sampler is None}
 
     @app.get("/api/config")
     def config():

@@ -17,10 +17,14 @@ def _parser():
                     "team it, export preference rows for `fastrlhf rm`.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="command", parser_class=ArgumentParser)
 
-    serve = commands.add_parser("serve", help="sample responses and serve the ranking and red-team pages")
-    serve.add_argument("--policy", required=True, help="policy checkpoint (or demo) that writes the responses")
+    serve = commands.add_parser("serve", help="serve the ranking and red-team pages (sampling the responses to "
+                                "rank with --policy and --prompts)")
+    serve.add_argument("--policy", help="policy checkpoint (or demo) that writes the responses; without it, no "
+                                        "red teaming")
     serve.add_argument("--policy2", help="a second policy version: each item mixes responses of both")
-    serve.add_argument("--prompts", required=True, help="prompt rows {prompt}: JSONL/JSON/CSV/Parquet")
+    serve.add_argument("--prompts", help="prompt rows {prompt}: JSONL/JSON/CSV/Parquet. Without them the server "
+                                         "samples nothing: it serves the items in the database and those added "
+                                         "while it runs (by `fastrlhf iterate --labeler human`, an import)")
     serve.add_argument("--db", required=True, help="SQLite feedback database (created if missing; reopened to continue)")
     serve.add_argument("--k", type=int, default=4, help="responses ranked per prompt (default: 4)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
@@ -85,40 +89,56 @@ def serve(args):
     categories = [c.strip() for c in args.categories.split(",") if c.strip()]
     if len(categories) < 2 or len(set(categories)) != len(categories):
         raise UserError(f"--categories needs at least two distinct names, got {args.categories!r}")
+    for name in ("prompts", "policy2"):
+        if getattr(args, name) and not args.policy:
+            raise UserError(f"--{name} needs --policy: the policy that writes the responses")
 
-    import datasets
-    import torch
     import uvicorn
 
-    from .. import data
-    datasets.disable_progress_bars()
     from .app import create_app
-    from .sampling import BackgroundSampler, Generation, Policies
+    policies = sampler = None
+    if args.policy:
+        policies = _policies(args)
+    store = feedback_db.Store(args.db)
+    if args.prompts:
+        from .. import data
+        from .sampling import BackgroundSampler
+        rows = data.load_rows(args.prompts)
+        ids = data.prompts(args.prompts, policies.tokenizer, args.max_prompt_len, rows=rows)
+        sampler = BackgroundSampler(store, policies, [(row["prompt"], i) for row, i in zip(rows, ids)], args.k,
+                                    args.batch_prompts, args.seed)
+    app = create_app(store, k=args.k, categories=categories, policies=policies, sampler=sampler, token=args.token,
+                     per_item=args.annotators_per_item, redteam_k=args.redteam_k, max_prompt_len=args.max_prompt_len)
+    if sampler:
+        sampler.start()
+    url = f"http://{args.host}:{args.port}/" + ("?token=<token>" if args.token else "")
+    print(f"fastrlhf annotate: ranking page {url}" + (", red teaming /redteam" if policies else "") + "; "
+          + (f"{len(rows)} prompts, {args.k} responses each" if sampler else "the items in the database")
+          + f"; database {args.db}", flush=True)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    finally:
+        if sampler:
+            sampler.stopping.set()
+    return 0
+
+
+def _policies(args):
+    """The policy versions that write the responses, on the chosen device."""
+    import datasets
+    import torch
+
+    from .sampling import Generation, Policies
+    datasets.disable_progress_bars()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     generation = Generation(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                             max_prompt_len=args.max_prompt_len, device=device)
     try:
-        policies = Policies([args.policy] + ([args.policy2] if args.policy2 else []), generation, args.dtype)
+        return Policies([args.policy] + ([args.policy2] if args.policy2 else []), generation, args.dtype)
     except (OSError, ValueError) as error:
         raise UserError(f"cannot load the policy: {error}") from error
-    rows = data.load_rows(args.prompts)
-    ids = data.prompts(args.prompts, policies.tokenizer, args.max_prompt_len, rows=rows)
-    store = feedback_db.Store(args.db)
-    sampler = BackgroundSampler(store, policies, [(row["prompt"], i) for row, i in zip(rows, ids)], args.k,
-                                args.batch_prompts, args.seed)
-    app = create_app(store, k=args.k, categories=categories, policies=policies, sampler=sampler, token=args.token,
-                     per_item=args.annotators_per_item, redteam_k=args.redteam_k, max_prompt_len=args.max_prompt_len)
-    sampler.start()
-    query = "?token=<token>" if args.token else ""
-    print(f"fastrlhf annotate: ranking page http://{args.host}:{args.port}/{query}, red teaming /redteam; "
-          f"{len(rows)} prompts, {args.k} responses each; database {args.db}", flush=True)
-    try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
-    finally:
-        sampler.stopping.set()
-    return 0
 
 
 def run(args):

@@ -2,7 +2,10 @@
 synchronous=FULL) before the function that made it returns, so the page says "saved" only after that.
 
   prompts     a prompt (JSON: a string or chat messages), shared by the items shown for it
-  items       what an annotator judges: K responses to a prompt, kind 'rank' or 'redteam'
+  items       what an annotator judges: K responses to a prompt, kind 'rank' or 'redteam'; external_id
+              names an item made elsewhere (an import, a row of `fastrlhf iterate --labeler human`), and
+              makes adding it again a no-op; a closed item is no longer offered (a judgement of it is
+              still saved)
   responses   one model output of an item, with the policy that wrote it and a random public id (the page
               sees only that id, so neither the order of writing nor the policy leaks)
   views       when an annotator first saw an item (time per item; the item they were on after a reload)
@@ -29,7 +32,8 @@ CREATE TABLE IF NOT EXISTS items (
     source TEXT NOT NULL,
     external_id TEXT UNIQUE,
     author TEXT,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    closed INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS responses (
     id INTEGER PRIMARY KEY,
@@ -106,6 +110,9 @@ class Store:
         self.conn.execute("PRAGMA synchronous=FULL")
         self.conn.execute("PRAGMA foreign_keys=ON")
         self.conn.executescript(SCHEMA)
+        with self._transaction() as conn:  # a file made before items could be closed
+            if "closed" not in {row["name"] for row in conn.execute("PRAGMA table_info(items)")}:
+                conn.execute("ALTER TABLE items ADD COLUMN closed INTEGER NOT NULL DEFAULT 0")
 
     def close(self):
         self.conn.close()
@@ -168,13 +175,18 @@ class Store:
             return self._item_view(conn, item, author)
 
     def import_judgements(self, records, source):
-        """records: [{external_id, prompt, responses: [text], annotations: [{annotator, ranks, seconds}]}].
-        Items and judgements already imported are left as they are. Returns (items, new judgements)."""
+        """Ranking items made elsewhere, with the judgements made there: records [{external_id, prompt,
+        responses: [text], annotations: [{annotator, ranks, seconds}]}], optionally with `policies` and
+        `finished` per response (default: `source`, true). Items and judgements already imported are left
+        as they are. Returns (items, new judgements)."""
         added = 0
         with self._transaction() as conn:
             for record in records:
-                item = self._insert_item(conn, record["prompt"], [(t, source, True) for t in record["responses"]],
-                                         "rank", source, external_id=record["external_id"])
+                k = len(record["responses"])
+                responses = zip(record["responses"], record.get("policies", [source] * k),
+                                record.get("finished", [True] * k))
+                item = self._insert_item(conn, record["prompt"], list(responses), "rank", source,
+                                         external_id=record["external_id"])
                 for a in record["annotations"]:
                     added += conn.execute(
                         "INSERT OR IGNORE INTO judgements (item_id, annotator, verdict, ranks, seconds, created) "
@@ -202,7 +214,7 @@ class Store:
         with self._transaction() as conn:
             row = conn.execute(
                 """SELECT i.id FROM items i
-                   WHERE i.kind = 'rank'
+                   WHERE i.kind = 'rank' AND NOT i.closed
                      AND NOT EXISTS (SELECT 1 FROM judgements j WHERE j.item_id = i.id AND j.annotator = :me)
                    ORDER BY
                      EXISTS (SELECT 1 FROM views v WHERE v.item_id = i.id AND v.annotator = :me) DESC,
@@ -219,9 +231,12 @@ class Store:
             return self._item_view(conn, row[0], annotator)
 
     def progress(self, annotator):
+        """Ranking items judged by `annotator`, of those they judged or may still be offered."""
         rows = self._read("SELECT (SELECT COUNT(*) FROM judgements j JOIN items i ON i.id = j.item_id "
-                          "        WHERE j.annotator = ? AND i.kind = 'rank'), "
-                          "(SELECT COUNT(*) FROM items WHERE kind = 'rank')", (annotator,))
+                          "        WHERE j.annotator = :me AND i.kind = 'rank'), "
+                          "(SELECT COUNT(*) FROM items i WHERE kind = 'rank' AND (NOT closed OR EXISTS "
+                          "   (SELECT 1 FROM judgements j WHERE j.item_id = i.id AND j.annotator = :me)))",
+                          {"me": annotator})
         return {"done": rows[0][0], "items": rows[0][1]}
 
     def pending_redteam(self, annotator):
@@ -283,7 +298,26 @@ class Store:
                                 (item_id, annotator, stored, better, note, self._seconds(conn, item_id, annotator, now),
                                  now)).lastrowid
 
+    def set_closed(self, item_ids, closed):
+        """Closes items (no longer offered) or opens them again."""
+        with self._transaction() as conn:
+            conn.executemany("UPDATE items SET closed = ? WHERE id = ?", [(int(closed), i) for i in item_ids])
+
     # ---- reading everything back (export, stats) -----------------------------------------------
+
+    def _item_rows(self, item):
+        return (self.conn.execute("SELECT * FROM responses WHERE item_id = ? ORDER BY id", (item["id"],)).fetchall(),
+                self.conn.execute("SELECT * FROM judgements WHERE item_id = ? ORDER BY id", (item["id"],)).fetchall())
+
+    def items_by_external_id(self, external_ids):
+        """(item row, [response rows], [judgement rows]) for each external id, None where there is no such item."""
+        found = []
+        with self.lock:
+            for external_id in external_ids:
+                item = self.conn.execute("SELECT i.*, p.prompt FROM items i JOIN prompts p ON p.id = i.prompt_id "
+                                         "WHERE i.external_id = ?", (external_id,)).fetchone()
+                found.append((item, *self._item_rows(item)) if item else None)
+        return found
 
     def judged_items(self, kind):
         """[(item row, [response rows], [judgement rows])] for every item of `kind` with a judgement."""
@@ -291,10 +325,7 @@ class Store:
             items = self.conn.execute(
                 "SELECT i.*, p.prompt FROM items i JOIN prompts p ON p.id = i.prompt_id WHERE i.kind = ? AND EXISTS "
                 "(SELECT 1 FROM judgements j WHERE j.item_id = i.id) ORDER BY i.id", (kind,)).fetchall()
-            return [(item,
-                     self.conn.execute("SELECT * FROM responses WHERE item_id = ? ORDER BY id", (item["id"],)).fetchall(),
-                     self.conn.execute("SELECT * FROM judgements WHERE item_id = ? ORDER BY id", (item["id"],)).fetchall())
-                    for item in items]
+            return [(item, *self._item_rows(item)) for item in items]
 
     def judgements(self):
         return self._read("SELECT j.*, i.kind FROM judgements j JOIN items i ON i.id = j.item_id ORDER BY j.id")

@@ -29,6 +29,14 @@ def tie_groups(ranking):
     return [groups[rank] for rank in sorted(groups) if len(groups[rank]) > 1]
 
 
+def judgement_ranking(judgement, k):
+    """The ranks a judgement gives the item's k responses (in response-id order): its ranking, every response
+    tied for "all bad", None for a skip."""
+    if judgement["verdict"] == "ranked":
+        return json.loads(judgement["ranks"])
+    return [1] * k if judgement["verdict"] == "all_bad" else None
+
+
 def preference_rows(store, min_annotators=1):
     """Rows of the items ranked (or judged all bad) by at least `min_annotators` annotators."""
     rows = []
@@ -37,7 +45,7 @@ def preference_rows(store, min_annotators=1):
         if len(kept) < min_annotators:
             continue
         for j in kept:
-            ranking = json.loads(j["ranks"]) if j["verdict"] == "ranked" else [1] * len(responses)
+            ranking = judgement_ranking(j, len(responses))
             rows.append({"prompt": json.loads(item["prompt"]), "responses": [r["text"] for r in responses],
                          "ranking": ranking, "ties": tie_groups(ranking), "annotator": j["annotator"],
                          "policy_versions": [r["policy"] for r in responses], "seconds": j["seconds"],

@@ -31,7 +31,7 @@
       return;
     }
     const {done, items} = answer.progress;
-    const {remaining, error} = answer.sampling;
+    const {remaining, error, external} = answer.sampling;
     document.getElementById("progress").textContent =
       `${done} judged of ${items} items` + (remaining ? ` · ${remaining} prompts being sampled` : "");
     item = answer.item;
@@ -49,9 +49,11 @@
     document.getElementById("waiting-text").textContent =
       error ? `Sampling stopped: ${error}` :
       remaining ? `Sampling responses: ${remaining} prompts left. The next item appears by itself.` :
+      external ? "Nothing to rank right now. New items appear here by themselves." :
       "All done: there is nothing left for you to rank. Thank you!";
     show("waiting", SECTIONS);
-    if (remaining && !error) poll = setTimeout(load, 1000);
+    // Items added by another program (the iterate loop's next round) are looked for every few seconds.
+    if ((remaining || external) && !error) poll = setTimeout(load, remaining ? 1000 : 5000);
   }
 
   // Tie groups, best first: a card starts a new group unless the card above is tied with it.
