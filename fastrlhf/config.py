@@ -336,6 +336,8 @@ class DemoConfig(Rounds, PipelineConfig):
         if self.train_prompts + self.heldout_prompts > _distinct_demo_prompts():
             yield (("train_prompts", "heldout_prompts"),
                    f"the task has {_distinct_demo_prompts()} distinct prompts in all")
+        if not self.rounds and self.labeler != "demo":
+            yield ("labeler", "rounds"), "the demo without --rounds ranks with the embedded task's rule; give --rounds N"
 
 
 # Overrides per preset, applied before the config file and the flags.

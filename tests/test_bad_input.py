@@ -103,6 +103,7 @@ FLAGS = [
      ["preference_prompts=100", "train_prompts=50"]),
     ("demo-too-many-prompts", DEMO + ["--train_prompts", "5000"], {}, ["train_prompts=5000", "3616 distinct"]),
     ("demo-preset", DEMO + ["--preset", "tpu"], {}, ["--preset", "'tpu'"]),
+    ("demo-labeler-without-rounds", DEMO + ["--labeler", "command:cat"], {}, ["labeler='command:cat'", "--rounds N"]),
 ]
 
 CONFIGS = [
