@@ -9,10 +9,6 @@
 
 namespace fastrlhf {
 
-// x where keep, else 0, without a branch and nan-safe (unlike x * keep). GCC 12 turns `sum += keep ? x : 0`
-// in an omp simd reduction into a conditional add, which it does not vectorise; this it does.
-inline float masked(bool keep, float x) { return bits_to_float(float_to_bits(x) & (0u - uint32_t(keep))); }
-
 // By value: std::min / std::max return references, which GCC 12 turns into loads through a selected
 // address inside hot loops, and then does not vectorise them.
 inline float min_of(float a, float b) { return b < a ? b : a; }
