@@ -11,8 +11,9 @@ import torch
 import triton
 import triton.language as tl
 
-# Codes are indices into reference.KL_ESTIMATORS ("k1", "k2", "k3", "abs").
-K1, K2, K3, ABS = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2), tl.constexpr(3)
+from fastrlhf.codes import KL_ESTIMATORS
+
+K1, K2, K3, ABS = (tl.constexpr(KL_ESTIMATORS.index(name)) for name in ("k1", "k2", "k3", "abs"))
 _MAX_BLOCK = 4096
 
 
@@ -95,7 +96,7 @@ def _launch_config(n):
 
 
 def kl_penalty_forward(logprobs, ref_logprobs, estimator, clamp):
-    """logprobs, ref_logprobs [N] contiguous of one float dtype, estimator an index into KL_ESTIMATORS,
+    """logprobs, ref_logprobs [N] contiguous of one float dtype, estimator a code of KL_ESTIMATORS,
     clamp (inf: none) -> kl float32 [N]."""
     n = logprobs.numel()
     kl = torch.empty(n, device=logprobs.device, dtype=torch.float32)
