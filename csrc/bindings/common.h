@@ -30,8 +30,9 @@ void check_float(const at::Tensor& t, const char* name);
 // t has the shape and dtype of `like` (a tensor checked by check_float).
 void check_like(const at::Tensor& t, const char* name, const at::Tensor& like, const char* like_name);
 
-// A bool CPU tensor with the shape of `like`.
-void check_mask(const at::Tensor& mask, const at::Tensor& like, const char* like_name);
+// The mask, shaped like `like`, as the kernels read it: contiguous bool. A mask of numbers is converted
+// in one pass that also checks it holds only 0 and 1 (a 0.5 would be read as "kept", not as a weight).
+at::Tensor kept_mask(const at::Tensor& mask, const at::Tensor& like, const char* like_name);
 
 // A float CPU tensor of `shape` (gradients and saved statistics), converted to contiguous float32.
 at::Tensor float_of_shape(const at::Tensor& t, const char* name, at::IntArrayRef shape);

@@ -23,11 +23,10 @@ std::tuple<at::Tensor, at::Tensor> gae_cpu(const at::Tensor& rewards, const at::
                                            double gamma, double lam) {
   check_float(rewards, "rewards");
   check_like(values, "values", rewards, "rewards");
-  check_mask(mask, rewards, "rewards");
   const int64_t length = time_length(rewards, "rewards");
   TORCH_CHECK_VALUE(gamma >= 0 && gamma <= 1, "gamma must be in [0, 1], got ", gamma);
   TORCH_CHECK_VALUE(lam >= 0 && lam <= 1, "lam must be in [0, 1], got ", lam);
-  const at::Tensor r = rewards.contiguous(), v = values.contiguous(), m = mask.contiguous();
+  const at::Tensor r = rewards.contiguous(), v = values.contiguous(), m = kept_mask(mask, rewards, "rewards");
   const auto options = rewards.options().dtype(at::kFloat).memory_format(at::MemoryFormat::Contiguous);
   auto advantages = at::empty(rewards.sizes(), options), returns = at::empty(rewards.sizes(), options);
   std::atomic<bool> finite{true};

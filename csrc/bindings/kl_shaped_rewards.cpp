@@ -11,7 +11,6 @@ constexpr int64_t kGrainElements = 1 << 15;  // tokens per thread chunk, at leas
 at::Tensor kl_shaped_rewards_cpu(const at::Tensor& scores, const at::Tensor& kl, const at::Tensor& mask,
                                  double kl_coef, double score_clip) {
   check_float(kl, "kl");
-  check_mask(mask, kl, "kl");
   const int64_t length = time_length(kl, "kl"), rows = kl.numel() / length;
   check_float(scores, "scores");
   TORCH_CHECK_VALUE(scores.sizes() == kl.sizes().slice(0, kl.dim() - 1), "scores must have shape kl.shape[:-1] = ",
@@ -21,7 +20,7 @@ at::Tensor kl_shaped_rewards_cpu(const at::Tensor& scores, const at::Tensor& kl,
   const at::Tensor row_scores = scores.to(at::kFloat).contiguous();
   const float* s = row_scores.data_ptr<float>();
   for (int64_t r = 0; r < rows; ++r) TORCH_CHECK_VALUE(std::isfinite(s[r]), "scores contains NaN or inf");
-  const at::Tensor k = kl.contiguous(), m = mask.contiguous();
+  const at::Tensor k = kl.contiguous(), m = kept_mask(mask, kl, "kl");
   auto rewards = at::empty(kl.sizes(), kl.options().dtype(at::kFloat).memory_format(at::MemoryFormat::Contiguous));
   dispatch_storage(kl.scalar_type(), [&](auto tag) {
     using T = decltype(tag);

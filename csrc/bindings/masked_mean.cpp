@@ -24,9 +24,8 @@ Lines lines_of(at::IntArrayRef sizes, std::optional<int64_t> dim) {
 
 std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& x, const at::Tensor& mask, std::optional<int64_t> dim) {
   check_float(x, "x");
-  check_mask(mask, x, "x");
   const Lines lines = lines_of(x.sizes(), dim);
-  const at::Tensor values = x.contiguous(), kept = mask.contiguous();
+  const at::Tensor values = x.contiguous(), kept = kept_mask(mask, x, "x");
   const auto options = x.options().dtype(at::kFloat).memory_format(at::MemoryFormat::Contiguous);
   auto mean = at::empty(lines.mean_shape, options), inv_count = at::empty(lines.mean_shape, options);
   if (lines.outer * lines.inner == 1) {  // everything: the moments, in parallel over chunks
@@ -47,11 +46,10 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& x, const at::Te
 
 at::Tensor backward_cpu(const at::Tensor& grad, const at::Tensor& inv_count, const at::Tensor& mask,
                         std::optional<int64_t> dim, at::ScalarType dtype) {
-  TORCH_CHECK_VALUE(mask.device().is_cpu() && mask.scalar_type() == at::kBool && mask.numel() > 0,
-                    "mask must be a non-empty bool CPU tensor");
+  TORCH_CHECK_VALUE(mask.numel() > 0, "mask is empty");
   const Lines lines = lines_of(mask.sizes(), dim);
   const at::Tensor g = float_of_shape(grad, "grad", lines.mean_shape);
-  const at::Tensor inv = float_of_shape(inv_count, "inv_count", lines.mean_shape), kept = mask.contiguous();
+  const at::Tensor inv = float_of_shape(inv_count, "inv_count", lines.mean_shape), kept = kept_mask(mask, mask, "mask");
   auto grad_x = at::empty(mask.sizes(), mask.options().dtype(dtype).memory_format(at::MemoryFormat::Contiguous));
   dispatch_storage(dtype, [&](auto tag) {
     using T = decltype(tag);

@@ -23,11 +23,10 @@ Moments moments_of(const at::Tensor& x, const at::Tensor& mask) {
 }
 
 int64_t check_loss_inputs(const at::Tensor& input, const char* name, const at::Tensor& old, const char* old_name,
-                          const at::Tensor& other, const char* other_name, const at::Tensor& mask, int64_t reduction) {
+                          const at::Tensor& other, const char* other_name, int64_t reduction) {
   check_float(input, name);
   check_like(old, old_name, input, name);
   check_like(other, other_name, input, name);
-  check_mask(mask, input, name);
   TORCH_CHECK_VALUE(reduction >= 0 && reduction <= int64_t(Reduction::kSeqMeanTokenSum),
                     "reduction must be a code in [0, 2], got ", reduction);
   return time_length(input, name);

@@ -1,6 +1,8 @@
 // Binding helpers shared by masked_mean, masked_whiten and the PPO losses (kernels in cpu/masked_reduction.h).
 #pragma once
 
+#include <vector>
+
 #include "bindings/common.h"
 #include "cpu/masked_reduction.h"
 
@@ -11,10 +13,10 @@ constexpr int64_t kGrainTokens = 1 << 15;  // elements per thread chunk, at leas
 // The moments of the masked elements of contiguous x: chunks in parallel, then merged serially.
 Moments moments_of(const at::Tensor& x, const at::Tensor& mask);
 
-// Checks the inputs of a PPO loss: float tensors of one shape and dtype, a bool mask like them, a
-// reduction code. Returns the number of tokens per row (the last dim).
+// Checks the inputs of a PPO loss: float tensors of one shape and dtype, a mask like them, a reduction
+// code. Returns the number of tokens per row (the last dim).
 int64_t check_loss_inputs(const at::Tensor& input, const char* name, const at::Tensor& old, const char* old_name,
-                          const at::Tensor& other, const char* other_name, const at::Tensor& mask, int64_t reduction);
+                          const at::Tensor& other, const char* other_name, int64_t reduction);
 
 // The forward of a PPO loss over [..., T] inputs (contiguous, R rows of T): rows_fn(row_begin, row_end,
 // token_grad, partials) on the rows in parallel, then the serial finalize.
@@ -26,9 +28,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> loss_forward(const at
   const auto options = input.options().dtype(at::kFloat).memory_format(at::MemoryFormat::Contiguous);
   auto loss = at::empty({}, options), stats = at::empty({n_stats}, options);
   auto token_grad = at::empty(input.sizes(), options), row_scale = at::empty({rows}, options);
-  auto partials = at::empty({kFirstStat + n_stats, rows}, options);
+  std::vector<float> partials((kFirstStat + n_stats) * rows);
   float* grad = token_grad.data_ptr<float>();
-  float* sums = partials.data_ptr<float>();
+  float* sums = partials.data();
   parallel_rows(rows, kGrainTokens / tokens, [&](int64_t begin, int64_t end) { rows_fn(begin, end, grad, sums); });
   finalize_loss(sums, rows, n_stats, Reduction(reduction), loss.data_ptr<float>(), stats.data_ptr<float>(),
                 row_scale.data_ptr<float>());

@@ -9,9 +9,8 @@ namespace {
 // The moments pass (parallel chunks, serial merge), then the normalise pass.
 at::Tensor whiten_cpu(const at::Tensor& x, const at::Tensor& mask, bool shift_mean, bool unbiased, double eps) {
   check_float(x, "x");
-  check_mask(mask, x, "x");
   TORCH_CHECK_VALUE(eps > 0, "eps must be > 0, got ", eps);
-  const at::Tensor values = x.contiguous(), kept = mask.contiguous();
+  const at::Tensor values = x.contiguous(), kept = kept_mask(mask, x, "x");
   const Whitening w = whitening(moments_of(values, kept), shift_mean, unbiased, eps);
   auto y = at::empty(x.sizes(), x.options().dtype(at::kFloat).memory_format(at::MemoryFormat::Contiguous));
   dispatch_storage(x.scalar_type(), [&](auto tag) {

@@ -10,12 +10,12 @@ LossOutputs forward_cpu(const at::Tensor& logprobs, const at::Tensor& old_logpro
                         const at::Tensor& mask, double clip_eps, double clip_eps_high, double dual_clip,
                         int64_t reduction) {
   const int64_t tokens = check_loss_inputs(logprobs, "logprobs", old_logprobs, "old_logprobs", advantages,
-                                           "advantages", mask, reduction);
+                                           "advantages", reduction);
   TORCH_CHECK_VALUE(clip_eps > 0 && clip_eps_high > 0, "clip_eps and clip_eps_high must be > 0, got ", clip_eps,
                     " and ", clip_eps_high);
   TORCH_CHECK_VALUE(dual_clip > 1, "dual_clip must be > 1 (inf: none), got ", dual_clip);
   const at::Tensor x = logprobs.contiguous(), old = old_logprobs.contiguous(), adv = advantages.contiguous();
-  const at::Tensor kept = mask.contiguous();
+  const at::Tensor kept = kept_mask(mask, logprobs, "logprobs");
   const uint8_t* m = data<uint8_t>(kept);
   const PolicyClip clip{float(clip_eps), float(clip_eps_high), float(dual_clip)};
   return dispatch_storage(x.scalar_type(), [&](auto tag) {

@@ -9,10 +9,10 @@ namespace {
 LossOutputs forward_cpu(const at::Tensor& values, const at::Tensor& old_values, const at::Tensor& returns,
                         const at::Tensor& mask, double clip_eps, int64_t reduction) {
   const int64_t tokens =
-      check_loss_inputs(values, "values", old_values, "old_values", returns, "returns", mask, reduction);
+      check_loss_inputs(values, "values", old_values, "old_values", returns, "returns", reduction);
   TORCH_CHECK_VALUE(clip_eps > 0, "clip_eps must be > 0 (inf: none), got ", clip_eps);
   const at::Tensor v = values.contiguous(), old = old_values.contiguous(), ret = returns.contiguous();
-  const at::Tensor kept = mask.contiguous();
+  const at::Tensor kept = kept_mask(mask, values, "values");
   const uint8_t* m = data<uint8_t>(kept);
   return dispatch_storage(v.scalar_type(), [&](auto tag) {
     using T = decltype(tag);

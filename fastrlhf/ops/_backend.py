@@ -24,8 +24,6 @@ import warnings
 
 import torch
 
-from ._checks import checks_enabled
-
 BACKENDS = ("triton", "cpp", "reference")
 _TRITON_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -145,9 +143,3 @@ def available_backends():
         names.insert(0, "triton")  # Triton needs a GPU, or its interpreter for CPU tensors
     return names + ["reference"]
 
-
-def data_checks_in_python(x):
-    """Whether an op checks its data (labels in range, finite values) in Python before it runs: not
-    when the C++ kernels run (they check as they read), and see _checks.checks_enabled."""
-    cpp_runs = x.is_cpu and not _use_reference and _forced != "triton"
-    return not cpp_runs and checks_enabled(x)

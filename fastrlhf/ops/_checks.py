@@ -2,9 +2,10 @@
 
 `check_*` functions look only at metadata (shape, dtype, device) and are safe under torch.compile;
 each op's public function runs them, whatever the backend. Checks that read the data (labels in
-range, finite rewards, binary masks) run where `data_checks_in_python` says: the C++ kernels check
-their inputs themselves as they read them, and on CUDA a check would synchronise with the host, so
-there it runs only with FASTRLHF_CHECK=1 (read at import).
+range, finite rewards, masks of only 0 and 1) run where each backend reads it: the C++ kernels check
+their inputs themselves (csrc/bindings), and the Python backends (the Triton kernels, the reference)
+call the `check_*_values`-style functions below where `checks_enabled`: always on CPU tensors, on
+CUDA tensors only with FASTRLHF_CHECK=1 (read at import), since a check would synchronise there.
 """
 import os
 
@@ -51,7 +52,7 @@ def check_same_shape(name, x, ref_name, ref):
 
 
 def check_same_device(name, x, ref_name, ref):
-    if x.device != ref.device:
+    if not (x.is_cpu and ref.is_cpu) and x.device != ref.device:  # is_cpu first: x.device makes an object
         raise ValueError(f"{name} is on {x.device} but {ref_name} is on {ref.device}")
 
 
@@ -88,20 +89,20 @@ def check_has_time_dim(name, x):
         raise ValueError(f"{name} must have a time dimension [..., T], got a 0-dim tensor")
 
 
-def bool_mask(mask):
-    """The mask as the kernels read it, bool: nonzero is kept. Numbers other than 0 and 1 are rejected
-    where data checks run (a 0.5 would mean "kept" to the kernels, not a weight)."""
-    if mask.dtype == torch.bool:
-        return mask
-    kept = mask != 0
-    if checks_enabled(mask):
-        wrong = mask != kept
-        if wrong.any():
-            raise ValueError(f"mask must be bool or hold only 0 and 1, found {mask[wrong][0].item()}")
-    return kept
+def kept(mask):
+    """The mask as the Triton kernels read it, bool: nonzero is kept."""
+    return mask if mask.dtype == torch.bool else mask != 0
 
 
 # ---- data checks, for the backends other than C++ (see the module docstring) ----------------------
+
+def check_binary_mask(mask):
+    """Numbers other than 0 and 1 are an error: a 0.5 would mean "kept" to the kernels, not a weight."""
+    if mask.dtype != torch.bool:
+        wrong = (mask != 0) & (mask != 1)
+        if wrong.any():
+            raise ValueError(f"mask must be bool or hold only 0 and 1, found {mask[wrong][0].item()}")
+
 
 def check_labels_values(labels, vocab_size, ignore_index):
     used = labels[labels != ignore_index]

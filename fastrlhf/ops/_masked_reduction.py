@@ -13,14 +13,15 @@ from ._backend import fake_kernel, triton_kernel, triton_kernels
 
 def check_masked(names, tensors, mask):
     """Float tensors of one shape and device, the first one's, and a mask like them."""
-    C.check_float(names[0], tensors[0])
+    first = tensors[0]
+    C.check_float(names[0], first)
     for name, t in zip(names[1:], tensors[1:]):
         C.check_float(name, t)
-        C.check_same_device(name, t, names[0], tensors[0])
-        C.check_same_shape(name, t, names[0], tensors[0])
+        C.check_same_device(name, t, names[0], first)
+        C.check_same_shape(name, t, names[0], first)
     C.check_mask("mask", mask)
-    C.check_same_device("mask", mask, names[0], tensors[0])
-    C.check_same_shape("mask", mask, names[0], tensors[0])
+    C.check_same_device("mask", mask, names[0], first)
+    C.check_same_shape("mask", mask, names[0], first)
 
 
 def check_reduction(reduction):
@@ -29,26 +30,29 @@ def check_reduction(reduction):
     C.check_choice("reduction", reduction, REDUCTIONS)
 
 
-def one_dtype(*tensors):
+def one_dtype(x, old, other):
     """The tensors in one dtype, the promoted one when they differ (autograd casts the gradient back)."""
-    dtype = tensors[0].dtype
-    if all(t.dtype == dtype for t in tensors[1:]):
-        return tensors
-    for t in tensors[1:]:
-        dtype = torch.promote_types(dtype, t.dtype)
-    return tuple(t.to(dtype) for t in tensors)
+    if x.dtype == old.dtype == other.dtype:
+        return x, old, other
+    dtype = torch.promote_types(torch.promote_types(x.dtype, old.dtype), other.dtype)
+    return x.to(dtype), old.to(dtype), other.to(dtype)
+
+
+def check_mask_values(mask):
+    """The data check of the Python backends, where checks run (the C++ kernels check as they read)."""
+    if C.checks_enabled(mask):
+        C.check_binary_mask(mask)
 
 
 def check_kernel_inputs(names, tensors, mask, reduction=0):
     """The contract of the Triton kernels (the C++ ones check theirs in C++): float tensors of one
-    shape, dtype and device with a time dim, a bool mask like them, a reduction code."""
+    shape, dtype and device with a time dim, a mask like them, a reduction code."""
     check_masked(names, tensors, mask)
+    check_mask_values(mask)
     C.check_code("reduction", reduction, REDUCTIONS)
     C.check_has_time_dim(names[0], tensors[0])
     for name, t in zip(names[1:], tensors[1:]):
         C.check_same_dtype(name, t, names[0], tensors[0])
-    if mask.dtype != torch.bool:
-        raise TypeError(f"mask must be bool, got {mask.dtype}")
 
 
 def rows(x):

@@ -9,7 +9,7 @@ import torch
 
 from . import _checks as C
 from .. import reference
-from ._backend import data_checks_in_python, fake_kernel, operator, triton_kernel, triton_kernels, use_reference
+from ._backend import fake_kernel, operator, triton_kernel, triton_kernels, use_reference
 
 _op = operator("gae")
 
@@ -19,6 +19,14 @@ def _check_unit_interval(name, value):
         raise ValueError(f"{name} must be in [0, 1], got {value}")
 
 
+def _check_values(rewards, values, mask):
+    """The data checks of the Python backends, where checks run (the C++ kernel checks as it reads)."""
+    if C.checks_enabled(rewards):
+        C.check_binary_mask(mask)
+        C.check_finite_values("rewards", rewards, C.kept(mask))
+        C.check_finite_values("values", values, C.kept(mask))
+
+
 @triton_kernel("gae")
 def _(rewards, values, mask, gamma, lam):
     C.check_float("rewards", rewards)
@@ -26,13 +34,12 @@ def _(rewards, values, mask, gamma, lam):
     for name, t in (("values", values), ("mask", mask)):
         C.check_like(name, t, "rewards", rewards)
     C.check_same_dtype("values", values, "rewards", rewards)
-    if mask.dtype != torch.bool:
-        raise TypeError(f"mask must be bool, got {mask.dtype}")
+    _check_values(rewards, values, mask)
 
     def rows(x):
         return x.contiguous().view(-1, rewards.shape[-1])
 
-    advantages, returns = triton_kernels.gae(rows(rewards), rows(values), rows(mask), gamma, lam)
+    advantages, returns = triton_kernels.gae(rows(rewards), rows(values), rows(C.kept(mask)), gamma, lam)
     return advantages.view(rewards.shape), returns.view(rewards.shape)
 
 
@@ -59,11 +66,9 @@ def gae(rewards, values, mask, *, gamma=1.0, lam=0.95):
     C.check_has_time_dim("rewards", rewards)
     _check_unit_interval("gamma", gamma)
     _check_unit_interval("lam", lam)
-    rewards, values, mask = rewards.detach(), values.detach(), C.bool_mask(mask)
-    if data_checks_in_python(rewards):
-        C.check_finite_values("rewards", rewards, mask)
-        C.check_finite_values("values", values, mask)
+    rewards, values = rewards.detach(), values.detach()
     if use_reference():
+        _check_values(rewards, values, mask)
         return reference.gae(rewards, values, mask, gamma=gamma, lam=lam)
     if rewards.dtype != values.dtype:  # the kernels read one dtype; mixed inputs meet in float32
         rewards, values = rewards.float(), values.float()

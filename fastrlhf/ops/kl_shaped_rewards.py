@@ -12,9 +12,16 @@ import torch
 
 from . import _checks as C
 from .. import reference
-from ._backend import data_checks_in_python, fake_kernel, operator, triton_kernel, triton_kernels, use_reference
+from ._backend import fake_kernel, operator, triton_kernel, triton_kernels, use_reference
 
 _op = operator("kl_shaped_rewards")
+
+
+def _check_values(scores, mask):
+    """The data checks of the Python backends, where checks run (the C++ kernel checks as it reads)."""
+    if C.checks_enabled(scores):
+        C.check_binary_mask(mask)
+        C.check_finite_values("scores", scores)
 
 
 @triton_kernel("kl_shaped_rewards")
@@ -24,11 +31,12 @@ def _(scores, kl, mask, kl_coef, score_clip):
     C.check_has_time_dim("kl", kl)
     C.check_like("mask", mask, "kl", kl)
     C.check_same_device("scores", scores, "kl", kl)
-    if mask.dtype != torch.bool or scores.shape != kl.shape[:-1]:
-        raise ValueError(f"mask must be bool and scores of shape {tuple(kl.shape[:-1])}")
+    if scores.shape != kl.shape[:-1]:
+        raise ValueError(f"scores must have shape kl.shape[:-1] = {tuple(kl.shape[:-1])}, got {tuple(scores.shape)}")
+    _check_values(scores, mask)
     T = kl.shape[-1]
     rewards = triton_kernels.kl_shaped_rewards(scores.contiguous().view(-1), kl.contiguous().view(-1, T),
-                                               mask.contiguous().view(-1, T), kl_coef, score_clip)
+                                               C.kept(mask).contiguous().view(-1, T), kl_coef, score_clip)
     return rewards.view(kl.shape)
 
 
@@ -60,9 +68,8 @@ def kl_shaped_rewards(scores, kl, mask, *, kl_coef, score_clip=None):
         raise ValueError(f"kl_coef must be finite, got {kl_coef}")
     if score_clip is not None:
         C.check_positive("score_clip", score_clip)
-    scores, kl, mask = scores.detach(), kl.detach(), C.bool_mask(mask)
-    if data_checks_in_python(kl):
-        C.check_finite_values("scores", scores)
+    scores, kl = scores.detach(), kl.detach()
     if use_reference():
+        _check_values(scores, mask)
         return reference.kl_shaped_rewards(scores, kl, mask, kl_coef=kl_coef, score_clip=score_clip)
     return _op(scores, kl, mask, float(kl_coef), math.inf if score_clip is None else float(score_clip))

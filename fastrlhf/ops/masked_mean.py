@@ -10,7 +10,7 @@ import torch
 from . import _checks as C
 from .. import reference
 from ._backend import fake_kernel, operator, triton_kernel, triton_kernels, use_reference
-from ._masked_reduction import check_kernel_inputs, check_masked
+from ._masked_reduction import check_kernel_inputs, check_mask_values, check_masked
 
 _op = operator("masked_mean")
 
@@ -27,18 +27,18 @@ def _lines(shape, dim):
 def _(x, mask, dim):
     check_kernel_inputs(("x",), (x,), mask)
     view, mean_shape = _lines(x.shape, dim)
-    mean, inv_count = triton_kernels.masked_mean_forward(x.contiguous().view(view), mask.contiguous().view(view))
+    mean, inv_count = triton_kernels.masked_mean_forward(x.contiguous().view(view), C.kept(mask).contiguous().view(view))
     return mean.view(mean_shape), inv_count.view(mean_shape)
 
 
 @triton_kernel("masked_mean_backward")
 def _(grad, inv_count, mask, dim, dtype):
     view, mean_shape = _lines(mask.shape, dim)
-    if mask.dtype != torch.bool or grad.shape != mean_shape or inv_count.shape != mean_shape:
-        raise ValueError(f"mask must be bool, grad and inv_count of shape {tuple(mean_shape)}")
+    if grad.shape != mean_shape or inv_count.shape != mean_shape:
+        raise ValueError(f"grad and inv_count must have the mean's shape {tuple(mean_shape)}")
     grad_x = triton_kernels.masked_mean_backward(grad.float().contiguous().view(view[0], view[2]),
                                                  inv_count.contiguous().view(view[0], view[2]),
-                                                 mask.contiguous().view(view), dtype)
+                                                 C.kept(mask).contiguous().view(view), dtype)
     return grad_x.view(mask.shape)
 
 
@@ -69,7 +69,7 @@ def masked_mean(x, mask, dim=None):
     check_masked(("x",), (x,), mask)
     if dim is not None:
         dim = _reduced_dim(dim, x.dim())
-    mask = C.bool_mask(mask)
     if use_reference():
+        check_mask_values(mask)
         return reference.masked_mean(x, mask, dim)
     return _op(x, mask, dim)[0]

@@ -8,7 +8,7 @@ import torch
 from . import _checks as C
 from .. import reference
 from ._backend import fake_kernel, operator, triton_kernel, triton_kernels, use_reference
-from ._masked_reduction import check_kernel_inputs, check_masked
+from ._masked_reduction import check_kernel_inputs, check_mask_values, check_masked
 
 _op = operator("masked_whiten")
 
@@ -16,7 +16,8 @@ _op = operator("masked_whiten")
 @triton_kernel("masked_whiten")
 def _(x, mask, shift_mean, unbiased, eps):
     check_kernel_inputs(("x",), (x,), mask)
-    y = triton_kernels.masked_whiten(x.contiguous().view(-1), mask.contiguous().view(-1), shift_mean, unbiased, eps)
+    y = triton_kernels.masked_whiten(x.contiguous().view(-1), C.kept(mask).contiguous().view(-1), shift_mean, unbiased,
+                                     eps)
     return y.view(x.shape)
 
 
@@ -34,7 +35,8 @@ def masked_whiten(x, mask, *, shift_mean=True, unbiased=False, eps=1e-8):
     """
     check_masked(("x",), (x,), mask)
     C.check_positive("eps", eps)
-    x, mask = x.detach(), C.bool_mask(mask)
+    x = x.detach()
     if use_reference():
+        check_mask_values(mask)
         return reference.masked_whiten(x, mask, shift_mean=shift_mean, unbiased=unbiased, eps=eps)
     return _op(x, mask, bool(shift_mean), bool(unbiased), float(eps))

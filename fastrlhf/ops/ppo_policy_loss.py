@@ -9,7 +9,7 @@ from . import _checks as C
 from .. import reference
 from ..codes import POLICY_STATS, REDUCTIONS
 from ._backend import fake_kernel, operator, triton_kernel, triton_kernels, use_reference
-from ._masked_reduction import check_kernel_inputs, check_masked, check_reduction, loss_fake, one_dtype, rows
+from ._masked_reduction import check_kernel_inputs, check_mask_values, check_masked, check_reduction, loss_fake, one_dtype, rows
 
 _op = operator("ppo_policy_loss")
 _NAMES = ("logprobs", "old_logprobs", "advantages")
@@ -19,7 +19,7 @@ _NAMES = ("logprobs", "old_logprobs", "advantages")
 def _(logprobs, old_logprobs, advantages, mask, clip_eps, clip_eps_high, dual_clip, reduction):
     check_kernel_inputs(_NAMES, (logprobs, old_logprobs, advantages), mask, reduction)
     loss, stats, token_grad, row_scale = triton_kernels.ppo_policy_loss_forward(
-        rows(logprobs), rows(old_logprobs), rows(advantages), rows(mask), clip_eps, clip_eps_high, dual_clip, reduction)
+        rows(logprobs), rows(old_logprobs), rows(advantages), rows(C.kept(mask)), clip_eps, clip_eps_high, dual_clip, reduction)
     return loss, stats, token_grad.view(logprobs.shape), row_scale
 
 
@@ -47,8 +47,8 @@ def ppo_policy_loss(logprobs, old_logprobs, advantages, mask, *, clip_eps=0.2, c
     if dual_clip is not None and not dual_clip > 1:
         raise ValueError(f"dual_clip must be None or > 1, got {dual_clip}")
     check_reduction(reduction)
-    mask = C.bool_mask(mask)
     if use_reference():
+        check_mask_values(mask)
         return reference.ppo_policy_loss(logprobs, old_logprobs, advantages, mask, clip_eps=clip_eps,
                                          clip_eps_high=clip_eps_high, dual_clip=dual_clip, reduction=reduction)
     high = clip_eps if clip_eps_high is None else clip_eps_high

@@ -9,7 +9,7 @@ from . import _checks as C
 from .. import reference
 from ..codes import REDUCTIONS, VALUE_STATS
 from ._backend import fake_kernel, operator, triton_kernel, triton_kernels, use_reference
-from ._masked_reduction import check_kernel_inputs, check_masked, check_reduction, loss_fake, one_dtype, rows
+from ._masked_reduction import check_kernel_inputs, check_mask_values, check_masked, check_reduction, loss_fake, one_dtype, rows
 
 _op = operator("ppo_value_loss")
 _NAMES = ("values", "old_values", "returns")
@@ -19,7 +19,7 @@ _NAMES = ("values", "old_values", "returns")
 def _(values, old_values, returns, mask, clip_eps, reduction):
     check_kernel_inputs(_NAMES, (values, old_values, returns), mask, reduction)
     loss, stats, token_grad, row_scale = triton_kernels.ppo_value_loss_forward(
-        rows(values), rows(old_values), rows(returns), rows(mask), clip_eps, reduction)
+        rows(values), rows(old_values), rows(returns), rows(C.kept(mask)), clip_eps, reduction)
     return loss, stats, token_grad.view(values.shape), row_scale
 
 
@@ -42,8 +42,8 @@ def ppo_value_loss(values, old_values, returns, mask, *, clip_eps=0.2, reduction
     if clip_eps is not None:
         C.check_positive("clip_eps", clip_eps)
     check_reduction(reduction)
-    mask = C.bool_mask(mask)
     if use_reference():
+        check_mask_values(mask)
         return reference.ppo_value_loss(values, old_values, returns, mask, clip_eps=clip_eps, reduction=reduction)
     loss, stats, _, _ = _op(*one_dtype(values, old_values, returns), mask,
                             math.inf if clip_eps is None else float(clip_eps), REDUCTIONS.index(reduction))

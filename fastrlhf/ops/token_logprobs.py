@@ -11,7 +11,7 @@ import torch
 
 from . import _checks as C
 from .. import reference
-from ._backend import data_checks_in_python, fake_kernel, operator, triton_kernel, triton_kernels, use_reference
+from ._backend import fake_kernel, operator, triton_kernel, triton_kernels, use_reference
 
 _op = operator("token_logprobs")
 _FLOAT32_MAX = torch.finfo(torch.float32).max
@@ -41,9 +41,16 @@ def _check_kernel_inputs(logits, labels):
                          f"{tuple(labels.shape)}")
 
 
+def _check_values(logits, labels, ignore_index):
+    """The data check of the Python backends, where checks run (the C++ kernels check as they read)."""
+    if C.checks_enabled(labels):
+        C.check_labels_values(labels, logits.shape[-1], ignore_index)
+
+
 @triton_kernel("token_logprobs")
 def _(logits, labels, temperature, ignore_index, with_entropy):
     _check_kernel_inputs(logits, labels)
+    _check_values(logits, labels, ignore_index)
     logprobs, entropy, stats = triton_kernels.token_logprobs_forward(
         _rows(logits), labels.contiguous().view(-1), temperature, ignore_index, with_entropy)
     return logprobs.view(labels.shape), entropy.view(labels.shape if with_entropy else (0,)), stats.view(*labels.shape, 2)
@@ -102,9 +109,8 @@ def token_logprobs(logits, labels, *, temperature=1.0, ignore_index=-100, return
         raise ValueError(f"labels must have shape logits.shape[:-1] = {tuple(logits.shape[:-1])}, "
                          f"got {tuple(labels.shape)}")
     _check_temperature(temperature)
-    if data_checks_in_python(logits):
-        C.check_labels_values(labels, logits.shape[-1], ignore_index)
     if use_reference():
+        _check_values(logits, labels, ignore_index)
         return reference.token_logprobs(logits, labels, temperature=temperature, ignore_index=ignore_index,
                                         return_entropy=return_entropy)
     if labels.dtype != torch.int64:
