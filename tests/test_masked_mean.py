@@ -61,6 +61,18 @@ def test_several_chunks(backend, dim):
     check_against_reference(backend, torch.randn(3, 40, 700) + 5, torch.rand(3, 40, 700) < 0.7, dim)
 
 
+@pytest.mark.parametrize("dim", [None, 0, -1])
+def test_masked_out_positions_are_never_read(backend, dim):
+    """nan and inf where the mask is 0 change no value and no gradient (whose entries there are 0)."""
+    x, mask = torch.randn(5, 9), torch.rand(5, 9) < 0.6
+    garbage = leaf(x.masked_fill(~mask, float("nan")).masked_fill(~mask & (torch.rand(5, 9) < 0.5), float("inf")),
+                   backend.device)
+    got = ops.masked_mean(garbage, mask.to(backend.device), dim)
+    (got * torch.randn(got.shape, device=backend.device)).sum().backward()
+    assert_close(got, reference.masked_mean(x.double(), mask, dim), atol=1e-5, what="mean")
+    assert torch.isfinite(garbage.grad).all() and (garbage.grad[~mask] == 0).all()
+
+
 def test_large_offset(backend):
     """A mean far from 0 (|mean| >> std) keeps its precision."""
     x = 1000 + torch.randn(4, 300)

@@ -47,6 +47,13 @@ def test_degenerate_masks(backend, unbiased):
     check_against_reference(backend, x, one, unbiased=unbiased, shift_mean=False)
 
 
+def test_masked_out_positions_are_never_read(backend):
+    x, mask = torch.randn(4, 11), torch.rand(4, 11) < 0.7
+    garbage = x.masked_fill(~mask, float("inf")).masked_fill(~mask & (torch.rand(4, 11) < 0.5), float("nan"))
+    got = ops.masked_whiten(garbage.to(backend.device), mask.to(backend.device), unbiased=True)
+    assert_close(got, reference.masked_whiten(x.double(), mask, unbiased=True), atol=2e-5, what="whitened")
+
+
 def test_eps_and_constant_values(backend):
     x = torch.full((2, 9), 3.0)
     check_against_reference(backend, x, torch.rand(2, 9) < 0.5, eps=1e-2, shift_mean=False)

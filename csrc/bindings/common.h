@@ -2,6 +2,7 @@
 // fault, the storage type of a dtype, and rows split across torch's thread pool.
 #pragma once
 
+#include <torch/csrc/autograd/functions/utils.h>
 #include <torch/extension.h>
 
 #include "cpu/numeric.h"

@@ -48,6 +48,13 @@ std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& logprobs, cons
   return {grad_logprobs, grad_ref};
 }
 
+// The kernel for the inputs' device, below autograd.
+at::Tensor device_kernel(const at::Tensor& logprobs, const at::Tensor& ref_logprobs, int64_t estimator, double clamp) {
+  static const auto op = registered_op<decltype(forward_cpu)>("fastrlhf::kl_penalty");
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  return op.call(logprobs, ref_logprobs, estimator, clamp);
+}
+
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
@@ -56,12 +63,10 @@ class KlPenalty : public torch::autograd::Function<KlPenalty> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& logprobs, const at::Tensor& ref_logprobs,
                             int64_t estimator, double clamp) {
-    static const auto op = registered_op<decltype(forward_cpu)>("fastrlhf::kl_penalty");
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
     ctx->save_for_backward({logprobs, ref_logprobs});
     ctx->saved_data["estimator"] = estimator;
     ctx->saved_data["clamp"] = clamp;
-    return op.call(logprobs, ref_logprobs, estimator, clamp);
+    return device_kernel(logprobs, ref_logprobs, estimator, clamp);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -75,8 +80,12 @@ class KlPenalty : public torch::autograd::Function<KlPenalty> {
   }
 };
 
+// Nothing to record (no input requires grad, or grad mode is off): the kernel alone, without a node.
 at::Tensor forward_autograd(const at::Tensor& logprobs, const at::Tensor& ref_logprobs, int64_t estimator,
                             double clamp) {
+  if (!torch::autograd::compute_requires_grad(logprobs, ref_logprobs)) {
+    return device_kernel(logprobs, ref_logprobs, estimator, clamp);
+  }
   return KlPenalty::apply(logprobs, ref_logprobs, estimator, clamp);
 }
 

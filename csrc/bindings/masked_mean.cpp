@@ -61,6 +61,14 @@ at::Tensor backward_cpu(const at::Tensor& grad, const at::Tensor& inv_count, con
   return grad_x;
 }
 
+// The kernel for the inputs' device, below autograd.
+std::tuple<at::Tensor, at::Tensor> device_kernel(const at::Tensor& x, const at::Tensor& mask,
+                                                 std::optional<int64_t> dim) {
+  static const auto op = registered_op<decltype(forward_cpu)>("fastrlhf::masked_mean");
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  return op.call(x, mask, dim);
+}
+
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
@@ -68,9 +76,7 @@ class MaskedMean : public torch::autograd::Function<MaskedMean> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& mask,
                                std::optional<int64_t> dim) {
-    static const auto op = registered_op<decltype(forward_cpu)>("fastrlhf::masked_mean");
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [mean, inv_count] = op.call(x, mask, dim);
+    auto [mean, inv_count] = device_kernel(x, mask, dim);
     ctx->save_for_backward({inv_count, mask});
     ctx->saved_data["dim"] = dim;
     ctx->saved_data["dtype"] = x.scalar_type();
@@ -91,8 +97,10 @@ class MaskedMean : public torch::autograd::Function<MaskedMean> {
   }
 };
 
+// Nothing to record (x needs no grad, or grad mode is off): the kernel alone, without a node.
 std::tuple<at::Tensor, at::Tensor> forward_autograd(const at::Tensor& x, const at::Tensor& mask,
                                                     std::optional<int64_t> dim) {
+  if (!torch::autograd::compute_requires_grad(x)) return device_kernel(x, mask, dim);
   auto outputs = MaskedMean::apply(x, mask, dim);
   return {outputs[0], outputs[1]};
 }

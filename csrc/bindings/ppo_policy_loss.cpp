@@ -27,16 +27,23 @@ LossOutputs forward_cpu(const at::Tensor& logprobs, const at::Tensor& old_logpro
   });
 }
 
+// The kernel for the inputs' device, below autograd.
+LossOutputs device_kernel(const at::Tensor& logprobs, const at::Tensor& old_logprobs, const at::Tensor& advantages,
+                          const at::Tensor& mask, double clip_eps, double clip_eps_high, double dual_clip,
+                          int64_t reduction) {
+  static const auto op = registered_op<decltype(forward_cpu)>("fastrlhf::ppo_policy_loss");
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  return op.call(logprobs, old_logprobs, advantages, mask, clip_eps, clip_eps_high, dual_clip, reduction);
+}
+
 class PpoPolicyLoss : public torch::autograd::Function<PpoPolicyLoss> {
  public:
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& logprobs,
                                                 const at::Tensor& old_logprobs, const at::Tensor& advantages,
                                                 const at::Tensor& mask, double clip_eps, double clip_eps_high,
                                                 double dual_clip, int64_t reduction) {
-    static const auto op = registered_op<decltype(forward_cpu)>("fastrlhf::ppo_policy_loss");
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return save_loss_outputs(ctx, logprobs, op.call(logprobs, old_logprobs, advantages, mask, clip_eps, clip_eps_high,
-                                                    dual_clip, reduction));
+    return save_loss_outputs(ctx, logprobs, device_kernel(logprobs, old_logprobs, advantages, mask, clip_eps,
+                                                          clip_eps_high, dual_clip, reduction));
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -48,6 +55,9 @@ class PpoPolicyLoss : public torch::autograd::Function<PpoPolicyLoss> {
 LossOutputs forward_autograd(const at::Tensor& logprobs, const at::Tensor& old_logprobs, const at::Tensor& advantages,
                              const at::Tensor& mask, double clip_eps, double clip_eps_high, double dual_clip,
                              int64_t reduction) {
+  if (!torch::autograd::compute_requires_grad(logprobs)) {  // nothing to record: the kernel alone
+    return device_kernel(logprobs, old_logprobs, advantages, mask, clip_eps, clip_eps_high, dual_clip, reduction);
+  }
   auto out = PpoPolicyLoss::apply(logprobs, old_logprobs, advantages, mask, clip_eps, clip_eps_high, dual_clip, reduction);
   return {out[0], out[1], out[2], out[3]};
 }

@@ -23,14 +23,20 @@ LossOutputs forward_cpu(const at::Tensor& values, const at::Tensor& old_values, 
   });
 }
 
+// The kernel for the inputs' device, below autograd.
+LossOutputs device_kernel(const at::Tensor& values, const at::Tensor& old_values, const at::Tensor& returns,
+                          const at::Tensor& mask, double clip_eps, int64_t reduction) {
+  static const auto op = registered_op<decltype(forward_cpu)>("fastrlhf::ppo_value_loss");
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  return op.call(values, old_values, returns, mask, clip_eps, reduction);
+}
+
 class PpoValueLoss : public torch::autograd::Function<PpoValueLoss> {
  public:
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& values,
                                                 const at::Tensor& old_values, const at::Tensor& returns,
                                                 const at::Tensor& mask, double clip_eps, int64_t reduction) {
-    static const auto op = registered_op<decltype(forward_cpu)>("fastrlhf::ppo_value_loss");
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return save_loss_outputs(ctx, values, op.call(values, old_values, returns, mask, clip_eps, reduction));
+    return save_loss_outputs(ctx, values, device_kernel(values, old_values, returns, mask, clip_eps, reduction));
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -41,6 +47,9 @@ class PpoValueLoss : public torch::autograd::Function<PpoValueLoss> {
 
 LossOutputs forward_autograd(const at::Tensor& values, const at::Tensor& old_values, const at::Tensor& returns,
                              const at::Tensor& mask, double clip_eps, int64_t reduction) {
+  if (!torch::autograd::compute_requires_grad(values)) {  // nothing to record: the kernel alone
+    return device_kernel(values, old_values, returns, mask, clip_eps, reduction);
+  }
   auto out = PpoValueLoss::apply(values, old_values, returns, mask, clip_eps, reduction);
   return {out[0], out[1], out[2], out[3]};
 }

@@ -106,6 +106,16 @@ at::Tensor backward_cpu(const at::Tensor& logits, const at::Tensor& labels, cons
   return grad_logits;
 }
 
+using Outputs = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+
+// The kernel for the inputs' device, below autograd.
+Outputs device_kernel(const at::Tensor& logits, const at::Tensor& labels, double temperature, int64_t ignore_index,
+                      bool with_entropy) {
+  static const auto op = registered_op<decltype(forward_cpu)>("fastrlhf::token_logprobs");
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  return op.call(logits, labels, temperature, ignore_index, with_entropy);
+}
+
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
@@ -114,9 +124,7 @@ class TokenLogprobs : public torch::autograd::Function<TokenLogprobs> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& logits, const at::Tensor& labels,
                                double temperature, int64_t ignore_index, bool with_entropy) {
-    static const auto op = registered_op<decltype(forward_cpu)>("fastrlhf::token_logprobs");
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [logprobs, entropy, stats] = op.call(logits, labels, temperature, ignore_index, with_entropy);
+    auto [logprobs, entropy, stats] = device_kernel(logits, labels, temperature, ignore_index, with_entropy);
     ctx->save_for_backward({logits, labels, stats, entropy});
     ctx->saved_data["temperature"] = temperature;
     ctx->saved_data["ignore_index"] = ignore_index;
@@ -138,9 +146,12 @@ class TokenLogprobs : public torch::autograd::Function<TokenLogprobs> {
   }
 };
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_autograd(const at::Tensor& logits, const at::Tensor& labels,
-                                                                double temperature, int64_t ignore_index,
-                                                                bool with_entropy) {
+// Nothing to record (logits need no grad, or grad mode is off): the kernel alone, without a node.
+Outputs forward_autograd(const at::Tensor& logits, const at::Tensor& labels, double temperature, int64_t ignore_index,
+                         bool with_entropy) {
+  if (!torch::autograd::compute_requires_grad(logits)) {
+    return device_kernel(logits, labels, temperature, ignore_index, with_entropy);
+  }
   auto outputs = TokenLogprobs::apply(logits, labels, temperature, ignore_index, with_entropy);
   return {outputs[0], outputs[1], outputs[2]};
 }

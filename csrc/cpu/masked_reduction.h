@@ -27,7 +27,7 @@ Moments merge(const Moments& a, const Moments& b);
 template <typename T>
 Moments masked_moments(const T* x, const uint8_t* mask, int64_t begin, int64_t end);
 
-// In the order of reference.REDUCTIONS.
+// The codes of REDUCTIONS in fastrlhf/codes.py (a name's index).
 enum class Reduction { kTokenMean, kSeqMeanTokenMean, kSeqMeanTokenSum };
 
 // Row sums of a loss over [rows, tokens]: partials[k * rows + r] is, over the masked tokens of row r,

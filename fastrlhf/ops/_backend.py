@@ -19,6 +19,7 @@ Forcing a backend (`FASTRLHF_BACKEND=triton|cpp|reference`, or `set_backend`):
 - cpp: CUDA tensors raise (the C++ kernels run on CPU tensors only), by the same mechanism.
 The autograd and the public functions are the same in every case; only the kernels underneath change.
 """
+import importlib.util
 import os
 import warnings
 
@@ -35,11 +36,14 @@ except ImportError as error:
     warnings.warn(f"fastrlhf._C is not available ({error}); the ops fall back to the PyTorch reference. "
                   "Build it with `pip install --no-build-isolation -e .`.", stacklevel=2)
 
-try:
-    from .. import kernels as triton_kernels  # the Triton kernels; needs the triton package
-    _TRITON_ERROR = None
-except ImportError as error:
-    triton_kernels, _TRITON_ERROR = None, error
+_HAS_TRITON = importlib.util.find_spec("triton") is not None  # its import (~150 ms) waits for a first use
+
+
+def triton_kernels():
+    """fastrlhf.kernels, imported on first use: CPU-only runs never pay for Triton's import."""
+    from .. import kernels
+    return kernels
+
 
 _TRITON = {}  # op name -> its Triton kernel (a function with the op's schema), from fastrlhf/ops/<op>.py
 _FAKE = {}  # op name -> its fake kernel (output shapes for torch.compile)
@@ -77,7 +81,7 @@ def register_kernels():
     if _EXTENSION_ERROR is None:
         for name, fn in _FAKE.items():
             torch.library.register_fake(f"fastrlhf::{name}", fn)
-        if triton_kernels is not None:
+        if _HAS_TRITON:
             _cuda_kernels = torch.library.Library("fastrlhf", "IMPL")
             for name, fn in _TRITON.items():
                 _cuda_kernels.impl(name, fn, "CUDA")
@@ -102,8 +106,8 @@ def set_backend(name):
         raise ValueError(f"backend must be one of {BACKENDS} or None, got {name!r}")
     if name in ("cpp", "triton") and _EXTENSION_ERROR is not None:
         raise ValueError(f"backend {name!r} needs the extension fastrlhf._C: {_EXTENSION_ERROR}")
-    if name == "triton" and triton_kernels is None:
-        raise ValueError(f"backend 'triton' needs the triton package: {_TRITON_ERROR}")
+    if name == "triton" and not _HAS_TRITON:
+        raise ValueError("backend 'triton' needs the triton package")
     previous, _forced = _forced, name
     _use_reference = name == "reference" or _EXTENSION_ERROR is not None
     if _forced_kernels is not None:
@@ -139,7 +143,7 @@ def backend_name(device):
 def available_backends():
     """The backends that can run on this machine."""
     names = [] if _EXTENSION_ERROR else ["cpp"]
-    if not _EXTENSION_ERROR and triton_kernels is not None and (torch.cuda.is_available() or _TRITON_INTERPRETED):
+    if not _EXTENSION_ERROR and _HAS_TRITON and (torch.cuda.is_available() or _TRITON_INTERPRETED):
         names.insert(0, "triton")  # Triton needs a GPU, or its interpreter for CPU tensors
     return names + ["reference"]
 

@@ -73,7 +73,7 @@ def _(grad_loss, token_grad, row_scale, dtype):
     if grad_loss.numel() != 1 or token_grad.dtype != torch.float32 or row_scale.numel() * token_grad.shape[-1] != token_grad.numel():
         raise ValueError("ppo_loss_backward takes a 1-element grad_loss, float32 token_grad [..., T] and row_scale "
                          "with one entry per row of T tokens")
-    grad = triton_kernels.ppo_loss_backward(grad_loss.float(), rows(token_grad), row_scale.contiguous(), dtype)
+    grad = triton_kernels().ppo_loss_backward(grad_loss.float(), rows(token_grad), row_scale.contiguous(), dtype)
     return grad.view(token_grad.shape)
 
 

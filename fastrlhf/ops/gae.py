@@ -39,7 +39,7 @@ def _(rewards, values, mask, gamma, lam):
     def rows(x):
         return x.contiguous().view(-1, rewards.shape[-1])
 
-    advantages, returns = triton_kernels.gae(rows(rewards), rows(values), rows(C.kept(mask)), gamma, lam)
+    advantages, returns = triton_kernels().gae(rows(rewards), rows(values), rows(C.kept(mask)), gamma, lam)
     return advantages.view(rewards.shape), returns.view(rewards.shape)
 
 

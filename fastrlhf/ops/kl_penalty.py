@@ -29,7 +29,7 @@ def _check_kernel_inputs(logprobs, ref_logprobs, estimator):
 @triton_kernel("kl_penalty")
 def _(logprobs, ref_logprobs, estimator, clamp):
     _check_kernel_inputs(logprobs, ref_logprobs, estimator)
-    kl = triton_kernels.kl_penalty_forward(logprobs.contiguous().view(-1), ref_logprobs.contiguous().view(-1),
+    kl = triton_kernels().kl_penalty_forward(logprobs.contiguous().view(-1), ref_logprobs.contiguous().view(-1),
                                            estimator, clamp)
     return kl.view(logprobs.shape)
 
@@ -38,7 +38,7 @@ def _(logprobs, ref_logprobs, estimator, clamp):
 def _(logprobs, ref_logprobs, grad_kl, estimator, clamp, need_logprobs, need_ref):
     _check_kernel_inputs(logprobs, ref_logprobs, estimator)
     C.check_like("grad_kl", grad_kl, "logprobs", logprobs)
-    grads = triton_kernels.kl_penalty_backward(logprobs.contiguous().view(-1), ref_logprobs.contiguous().view(-1),
+    grads = triton_kernels().kl_penalty_backward(logprobs.contiguous().view(-1), ref_logprobs.contiguous().view(-1),
                                                grad_kl.float().contiguous().view(-1), estimator, clamp, need_logprobs,
                                                need_ref)
     return tuple(g.view(logprobs.shape) if need else g for g, need in zip(grads, (need_logprobs, need_ref)))

@@ -35,7 +35,7 @@ def _(scores, kl, mask, kl_coef, score_clip):
         raise ValueError(f"scores must have shape kl.shape[:-1] = {tuple(kl.shape[:-1])}, got {tuple(scores.shape)}")
     _check_values(scores, mask)
     T = kl.shape[-1]
-    rewards = triton_kernels.kl_shaped_rewards(scores.contiguous().view(-1), kl.contiguous().view(-1, T),
+    rewards = triton_kernels().kl_shaped_rewards(scores.contiguous().view(-1), kl.contiguous().view(-1, T),
                                                C.kept(mask).contiguous().view(-1, T), kl_coef, score_clip)
     return rewards.view(kl.shape)
 

@@ -27,7 +27,7 @@ def _lines(shape, dim):
 def _(x, mask, dim):
     check_kernel_inputs(("x",), (x,), mask)
     view, mean_shape = _lines(x.shape, dim)
-    mean, inv_count = triton_kernels.masked_mean_forward(x.contiguous().view(view), C.kept(mask).contiguous().view(view))
+    mean, inv_count = triton_kernels().masked_mean_forward(x.contiguous().view(view), C.kept(mask).contiguous().view(view))
     return mean.view(mean_shape), inv_count.view(mean_shape)
 
 
@@ -36,7 +36,7 @@ def _(grad, inv_count, mask, dim, dtype):
     view, mean_shape = _lines(mask.shape, dim)
     if grad.shape != mean_shape or inv_count.shape != mean_shape:
         raise ValueError(f"grad and inv_count must have the mean's shape {tuple(mean_shape)}")
-    grad_x = triton_kernels.masked_mean_backward(grad.float().contiguous().view(view[0], view[2]),
+    grad_x = triton_kernels().masked_mean_backward(grad.float().contiguous().view(view[0], view[2]),
                                                  inv_count.contiguous().view(view[0], view[2]),
                                                  C.kept(mask).contiguous().view(view), dtype)
     return grad_x.view(mask.shape)

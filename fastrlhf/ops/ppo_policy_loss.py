@@ -18,7 +18,7 @@ _NAMES = ("logprobs", "old_logprobs", "advantages")
 @triton_kernel("ppo_policy_loss")
 def _(logprobs, old_logprobs, advantages, mask, clip_eps, clip_eps_high, dual_clip, reduction):
     check_kernel_inputs(_NAMES, (logprobs, old_logprobs, advantages), mask, reduction)
-    loss, stats, token_grad, row_scale = triton_kernels.ppo_policy_loss_forward(
+    loss, stats, token_grad, row_scale = triton_kernels().ppo_policy_loss_forward(
         rows(logprobs), rows(old_logprobs), rows(advantages), rows(C.kept(mask)), clip_eps, clip_eps_high, dual_clip, reduction)
     return loss, stats, token_grad.view(logprobs.shape), row_scale
 

@@ -51,7 +51,7 @@ def _check_values(logits, labels, ignore_index):
 def _(logits, labels, temperature, ignore_index, with_entropy):
     _check_kernel_inputs(logits, labels)
     _check_values(logits, labels, ignore_index)
-    logprobs, entropy, stats = triton_kernels.token_logprobs_forward(
+    logprobs, entropy, stats = triton_kernels().token_logprobs_forward(
         _rows(logits), labels.contiguous().view(-1), temperature, ignore_index, with_entropy)
     return logprobs.view(labels.shape), entropy.view(labels.shape if with_entropy else (0,)), stats.view(*labels.shape, 2)
 
@@ -71,7 +71,7 @@ def _(logits, labels, stats, entropy, grad_logprobs, grad_entropy, temperature, 
     def flat(grad):
         return None if grad is None else grad.float().contiguous().view(-1)
 
-    grad = triton_kernels.token_logprobs_backward(
+    grad = triton_kernels().token_logprobs_backward(
         _rows(logits), labels.contiguous().view(-1), stats.contiguous().view(-1, 2), entropy.contiguous().view(-1),
         flat(grad_logprobs), flat(grad_entropy), temperature, ignore_index)
     return grad.view(logits.shape)
