@@ -152,8 +152,15 @@ def test_registered_ops_validate_their_inputs(backend):
         for attempt in attempts:
             with pytest.raises((ValueError, TypeError), match=name):
                 attempt()
-    with pytest.raises(ValueError, match="estimator"):
-        f.kl_penalty(x, x, 7, math.inf)
+    options = {"estimator": lambda: f.kl_penalty(x, x, 7, math.inf), "clamp": lambda: f.kl_penalty(x, x, 0, 0.0),
+               "gamma": lambda: f.gae(x, x, mask, 1.5, 0.9), "eps": lambda: f.masked_whiten(x, mask, True, False, 0.0),
+               "kl_coef": lambda: f.kl_shaped_rewards(x[:, 0], x, mask, math.nan, math.inf),
+               "dual_clip": lambda: f.ppo_policy_loss(x, x, x, mask, 0.2, 0.2, 1.0, 0),
+               "clip_eps": lambda: f.ppo_value_loss(x, x, x, mask, -0.2, 0),
+               "temperature": lambda: f.token_logprobs(x, mask[:, 0].long(), math.inf, -100, False)}
+    for name, attempt in options.items():
+        with pytest.raises(ValueError, match=name):
+            attempt()
     with pytest.raises(ValueError, match="reduction"):
         f.ppo_value_loss(x, x, x, mask, 0.2, 3)
     with pytest.raises(ValueError, match="row_scale"):

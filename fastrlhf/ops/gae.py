@@ -34,6 +34,8 @@ def _(rewards, values, mask, gamma, lam):
     for name, t in (("values", values), ("mask", mask)):
         C.check_like(name, t, "rewards", rewards)
     C.check_same_dtype("values", values, "rewards", rewards)
+    _check_unit_interval("gamma", gamma)
+    _check_unit_interval("lam", lam)
     _check_values(rewards, values, mask)
 
     def rows(x):

@@ -18,17 +18,18 @@ from ._backend import fake_kernel, operator, triton_kernel, triton_kernels, use_
 _op = operator("kl_penalty")
 
 
-def _check_kernel_inputs(logprobs, ref_logprobs, estimator):
+def _check_kernel_inputs(logprobs, ref_logprobs, estimator, clamp):
     """The contract of the Triton kernels (the C++ ones check theirs in C++)."""
     C.check_float("logprobs", logprobs)
     C.check_like("ref_logprobs", ref_logprobs, "logprobs", logprobs)
     C.check_same_dtype("ref_logprobs", ref_logprobs, "logprobs", logprobs)
     C.check_code("estimator", estimator, KL_ESTIMATORS)
+    C.check_positive("clamp", clamp)
 
 
 @triton_kernel("kl_penalty")
 def _(logprobs, ref_logprobs, estimator, clamp):
-    _check_kernel_inputs(logprobs, ref_logprobs, estimator)
+    _check_kernel_inputs(logprobs, ref_logprobs, estimator, clamp)
     kl = triton_kernels().kl_penalty_forward(logprobs.contiguous().view(-1), ref_logprobs.contiguous().view(-1),
                                            estimator, clamp)
     return kl.view(logprobs.shape)
@@ -36,7 +37,7 @@ def _(logprobs, ref_logprobs, estimator, clamp):
 
 @triton_kernel("kl_penalty_backward")
 def _(logprobs, ref_logprobs, grad_kl, estimator, clamp, need_logprobs, need_ref):
-    _check_kernel_inputs(logprobs, ref_logprobs, estimator)
+    _check_kernel_inputs(logprobs, ref_logprobs, estimator, clamp)
     C.check_like("grad_kl", grad_kl, "logprobs", logprobs)
     grads = triton_kernels().kl_penalty_backward(logprobs.contiguous().view(-1), ref_logprobs.contiguous().view(-1),
                                                grad_kl.float().contiguous().view(-1), estimator, clamp, need_logprobs,

@@ -33,6 +33,9 @@ def _(scores, kl, mask, kl_coef, score_clip):
     C.check_same_device("scores", scores, "kl", kl)
     if scores.shape != kl.shape[:-1]:
         raise ValueError(f"scores must have shape kl.shape[:-1] = {tuple(kl.shape[:-1])}, got {tuple(scores.shape)}")
+    if not math.isfinite(kl_coef):
+        raise ValueError(f"kl_coef must be finite, got {kl_coef}")
+    C.check_positive("score_clip", score_clip)
     _check_values(scores, mask)
     T = kl.shape[-1]
     rewards = triton_kernels().kl_shaped_rewards(scores.contiguous().view(-1), kl.contiguous().view(-1, T),

@@ -18,6 +18,10 @@ _NAMES = ("logprobs", "old_logprobs", "advantages")
 @triton_kernel("ppo_policy_loss")
 def _(logprobs, old_logprobs, advantages, mask, clip_eps, clip_eps_high, dual_clip, reduction):
     check_kernel_inputs(_NAMES, (logprobs, old_logprobs, advantages), mask, reduction)
+    C.check_positive("clip_eps", clip_eps)
+    C.check_positive("clip_eps_high", clip_eps_high)
+    if not dual_clip > 1:
+        raise ValueError(f"dual_clip must be > 1 (inf: none), got {dual_clip}")
     loss, stats, token_grad, row_scale = triton_kernels().ppo_policy_loss_forward(
         rows(logprobs), rows(old_logprobs), rows(advantages), rows(C.kept(mask)), clip_eps, clip_eps_high, dual_clip, reduction)
     return loss, stats, token_grad.view(logprobs.shape), row_scale

@@ -18,6 +18,7 @@ _NAMES = ("values", "old_values", "returns")
 @triton_kernel("ppo_value_loss")
 def _(values, old_values, returns, mask, clip_eps, reduction):
     check_kernel_inputs(_NAMES, (values, old_values, returns), mask, reduction)
+    C.check_positive("clip_eps", clip_eps)
     loss, stats, token_grad, row_scale = triton_kernels().ppo_value_loss_forward(
         rows(values), rows(old_values), rows(returns), rows(C.kept(mask)), clip_eps, reduction)
     return loss, stats, token_grad.view(values.shape), row_scale

@@ -32,6 +32,11 @@ def _rows(logits):
     return logits.contiguous().view(1, -1, vocab)
 
 
+def _check_temperature(temperature):
+    if not (math.isfinite(temperature) and temperature > 0 and 1 / temperature <= _FLOAT32_MAX):
+        raise ValueError(f"temperature must be finite and > 0 with 1 / temperature finite in float32, got {temperature}")
+
+
 def _check_kernel_inputs(logits, labels):
     """The contract of the Triton kernels (the C++ ones check theirs in C++)."""
     C.check_float("logits", logits)
@@ -50,6 +55,7 @@ def _check_values(logits, labels, ignore_index):
 @triton_kernel("token_logprobs")
 def _(logits, labels, temperature, ignore_index, with_entropy):
     _check_kernel_inputs(logits, labels)
+    _check_temperature(temperature)
     _check_values(logits, labels, ignore_index)
     logprobs, entropy, stats = triton_kernels().token_logprobs_forward(
         _rows(logits), labels.contiguous().view(-1), temperature, ignore_index, with_entropy)
@@ -59,6 +65,7 @@ def _(logits, labels, temperature, ignore_index, with_entropy):
 @triton_kernel("token_logprobs_backward")
 def _(logits, labels, stats, entropy, grad_logprobs, grad_entropy, temperature, ignore_index):
     _check_kernel_inputs(logits, labels)
+    _check_temperature(temperature)
     per_row = {"grad_logprobs": grad_logprobs, "grad_entropy": grad_entropy}
     if grad_entropy is not None:
         per_row["entropy"] = entropy
@@ -87,11 +94,6 @@ def _(logits, labels, temperature, ignore_index, with_entropy):
 @fake_kernel("token_logprobs_backward")
 def _(logits, labels, stats, entropy, grad_logprobs, grad_entropy, temperature, ignore_index):
     return torch.empty_like(logits, memory_format=torch.contiguous_format)
-
-
-def _check_temperature(temperature):
-    if not (math.isfinite(temperature) and temperature > 0 and 1 / temperature <= _FLOAT32_MAX):
-        raise ValueError(f"temperature must be finite and > 0 with 1 / temperature finite in float32, got {temperature}")
 
 
 def token_logprobs(logits, labels, *, temperature=1.0, ignore_index=-100, return_entropy=False):
