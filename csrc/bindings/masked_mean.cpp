@@ -22,7 +22,8 @@ Lines lines_of(at::IntArrayRef sizes, std::optional<int64_t> dim) {
   return {outer, sizes[d], numel / (outer * std::max<int64_t>(sizes[d], 1)), mean_shape};
 }
 
-std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& x, const at::Tensor& mask, std::optional<int64_t> dim) {
+std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& x, const at::Tensor& mask,
+                                               std::optional<int64_t> dim) {
   check_float(x, "x");
   const Lines lines = lines_of(x.sizes(), dim);
   const at::Tensor values = x.contiguous(), kept = kept_mask(mask, x, "x");

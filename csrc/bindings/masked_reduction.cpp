@@ -53,7 +53,8 @@ at::Tensor loss_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& toke
   const int64_t tokens = time_length(token_grad, "token_grad"), rows = token_grad.numel() / tokens;
   const float g = float_of_shape(grad_loss, "grad_loss", {}).item<float>();  // a CPU scalar: no device sync
   const at::Tensor grad_rows = token_grad.contiguous(), scale = float_of_shape(row_scale, "row_scale", {rows});
-  auto grad = at::empty(token_grad.sizes(), token_grad.options().dtype(dtype).memory_format(at::MemoryFormat::Contiguous));
+  auto grad = at::empty(token_grad.sizes(),
+                        token_grad.options().dtype(dtype).memory_format(at::MemoryFormat::Contiguous));
   dispatch_storage(dtype, [&](auto tag) {
     using T = decltype(tag);
     parallel_rows(rows, kGrainTokens / tokens, [&](int64_t begin, int64_t end) {

@@ -58,7 +58,8 @@ LossOutputs forward_autograd(const at::Tensor& logprobs, const at::Tensor& old_l
   if (!torch::autograd::compute_requires_grad(logprobs)) {  // nothing to record: the kernel alone
     return device_kernel(logprobs, old_logprobs, advantages, mask, clip_eps, clip_eps_high, dual_clip, reduction);
   }
-  auto out = PpoPolicyLoss::apply(logprobs, old_logprobs, advantages, mask, clip_eps, clip_eps_high, dual_clip, reduction);
+  auto out =
+      PpoPolicyLoss::apply(logprobs, old_logprobs, advantages, mask, clip_eps, clip_eps_high, dual_clip, reduction);
   return {out[0], out[1], out[2], out[3]};
 }
 

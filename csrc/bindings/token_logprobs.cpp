@@ -1,6 +1,5 @@
 // fastrlhf::token_logprobs and its backward: the CPU kernels (cpu/token_logprobs.h) and the autograd
 // that serves every device.
-#include <ATen/InferSize.h>
 #include <ATen/TensorUtils.h>
 
 #include <cfloat>
@@ -20,9 +19,11 @@ at::Tensor as_rows(const at::Tensor& logits) {
   const at::Tensor t = vocab == 1 || logits.stride(-1) == 1 ? logits : logits.contiguous();
   if (t.dim() == 3) return t;
   const int64_t inner = t.dim() >= 2 ? t.size(-2) : 1;
-  for (const std::vector<int64_t>& shape : {std::vector<int64_t>{1, -1, vocab}, std::vector<int64_t>{-1, inner, vocab}}) {
-    const auto sizes = at::infer_size(shape, t.numel());
-    if (const auto strides = at::detail::computeStride(t.sizes(), t.strides(), sizes)) return t.as_strided(sizes, *strides);
+  for (const int64_t rows_per_batch : {t.numel() / vocab, inner}) {  // [1, N, V], else [B, T, V]
+    const std::vector<int64_t> sizes = {t.numel() / vocab / rows_per_batch, rows_per_batch, vocab};
+    if (const auto strides = at::detail::computeStride(t.sizes(), t.strides(), sizes)) {
+      return t.as_strided(sizes, *strides);
+    }
   }
   return t.contiguous().view({1, -1, vocab});
 }
@@ -69,7 +70,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(const at::Tensor& log
     const Rows<T> view{data<T>(rows), rows.size(1), rows.stride(0), rows.stride(1)};
     parallel_rows(n, kGrainElements / vocab, [&](int64_t begin, int64_t end) {
       token_logprobs_forward<T>(view, vocab, flat_labels.data_ptr<int64_t>(), float(1.0 / temperature), ignore_index,
-                                begin, end, logprobs.data_ptr<float>(), with_entropy ? entropy.data_ptr<float>() : nullptr,
+                                begin, end, logprobs.data_ptr<float>(),
+                                with_entropy ? entropy.data_ptr<float>() : nullptr,
                                 reinterpret_cast<SoftmaxRow*>(stats.data_ptr<float>()));
     });
   });

@@ -70,7 +70,8 @@ def loss_fake(x, n_stats):
 @triton_kernel("ppo_loss_backward")
 def _(grad_loss, token_grad, row_scale, dtype):
     C.check_has_time_dim("token_grad", token_grad)
-    if grad_loss.numel() != 1 or token_grad.dtype != torch.float32 or row_scale.numel() * token_grad.shape[-1] != token_grad.numel():
+    rows_of_tokens = token_grad.numel() // max(token_grad.shape[-1], 1)
+    if grad_loss.numel() != 1 or token_grad.dtype != torch.float32 or row_scale.numel() != rows_of_tokens:
         raise ValueError("ppo_loss_backward takes a 1-element grad_loss, float32 token_grad [..., T] and row_scale "
                          "with one entry per row of T tokens")
     grad = triton_kernels().ppo_loss_backward(grad_loss.float(), rows(token_grad), row_scale.contiguous(), dtype)

@@ -27,7 +27,8 @@ def _lines(shape, dim):
 def _(x, mask, dim):
     check_kernel_inputs(("x",), (x,), mask)
     view, mean_shape = _lines(x.shape, dim)
-    mean, inv_count = triton_kernels().masked_mean_forward(x.contiguous().view(view), C.kept(mask).contiguous().view(view))
+    mean, inv_count = triton_kernels().masked_mean_forward(x.contiguous().view(view),
+                                                           C.kept(mask).contiguous().view(view))
     return mean.view(mean_shape), inv_count.view(mean_shape)
 
 

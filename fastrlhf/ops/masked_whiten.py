@@ -17,8 +17,8 @@ _op = operator("masked_whiten")
 def _(x, mask, shift_mean, unbiased, eps):
     check_kernel_inputs(("x",), (x,), mask)
     C.check_positive("eps", eps)
-    y = triton_kernels().masked_whiten(x.contiguous().view(-1), C.kept(mask).contiguous().view(-1), shift_mean, unbiased,
-                                     eps)
+    y = triton_kernels().masked_whiten(x.contiguous().view(-1), C.kept(mask).contiguous().view(-1), shift_mean,
+                                       unbiased, eps)
     return y.view(x.shape)
 
 

@@ -9,7 +9,8 @@ from . import _checks as C
 from .. import reference
 from ..codes import POLICY_STATS, REDUCTIONS
 from ._backend import fake_kernel, operator, triton_kernel, triton_kernels, use_reference
-from ._masked_reduction import check_kernel_inputs, check_mask_values, check_masked, check_reduction, loss_fake, one_dtype, rows
+from ._masked_reduction import (check_kernel_inputs, check_mask_values, check_masked, check_reduction, loss_fake,
+                                one_dtype, rows)
 
 _op = operator("ppo_policy_loss")
 _NAMES = ("logprobs", "old_logprobs", "advantages")
@@ -23,7 +24,8 @@ def _(logprobs, old_logprobs, advantages, mask, clip_eps, clip_eps_high, dual_cl
     if not dual_clip > 1:
         raise ValueError(f"dual_clip must be > 1 (inf: none), got {dual_clip}")
     loss, stats, token_grad, row_scale = triton_kernels().ppo_policy_loss_forward(
-        rows(logprobs), rows(old_logprobs), rows(advantages), rows(C.kept(mask)), clip_eps, clip_eps_high, dual_clip, reduction)
+        rows(logprobs), rows(old_logprobs), rows(advantages), rows(C.kept(mask)), clip_eps, clip_eps_high, dual_clip,
+        reduction)
     return loss, stats, token_grad.view(logprobs.shape), row_scale
 
 

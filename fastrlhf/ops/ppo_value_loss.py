@@ -9,7 +9,8 @@ from . import _checks as C
 from .. import reference
 from ..codes import REDUCTIONS, VALUE_STATS
 from ._backend import fake_kernel, operator, triton_kernel, triton_kernels, use_reference
-from ._masked_reduction import check_kernel_inputs, check_mask_values, check_masked, check_reduction, loss_fake, one_dtype, rows
+from ._masked_reduction import (check_kernel_inputs, check_mask_values, check_masked, check_reduction, loss_fake,
+                                one_dtype, rows)
 
 _op = operator("ppo_value_loss")
 _NAMES = ("values", "old_values", "returns")

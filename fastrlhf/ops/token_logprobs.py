@@ -34,7 +34,8 @@ def _rows(logits):
 
 def _check_temperature(temperature):
     if not (math.isfinite(temperature) and temperature > 0 and 1 / temperature <= _FLOAT32_MAX):
-        raise ValueError(f"temperature must be finite and > 0 with 1 / temperature finite in float32, got {temperature}")
+        raise ValueError(f"temperature must be finite and > 0 with 1 / temperature finite in float32, "
+                         f"got {temperature}")
 
 
 def _check_kernel_inputs(logits, labels):
@@ -59,7 +60,8 @@ def _(logits, labels, temperature, ignore_index, with_entropy):
     _check_values(logits, labels, ignore_index)
     logprobs, entropy, stats = triton_kernels().token_logprobs_forward(
         _rows(logits), labels.contiguous().view(-1), temperature, ignore_index, with_entropy)
-    return logprobs.view(labels.shape), entropy.view(labels.shape if with_entropy else (0,)), stats.view(*labels.shape, 2)
+    entropy = entropy.view(labels.shape if with_entropy else (0,))
+    return logprobs.view(labels.shape), entropy, stats.view(*labels.shape, 2)
 
 
 @triton_kernel("token_logprobs_backward")
