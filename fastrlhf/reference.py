@@ -3,11 +3,15 @@
 Every backend (Triton, C++) is tested against these functions evaluated in float64.
 They compute in float32 (float64 when given float64) and autograd supplies the gradients.
 No input validation here: `fastrlhf.ops` validates before any backend runs.
+
+Masks: a position is kept where the mask is nonzero (fastrlhf.ops rejects masks with values other
+than 0 and 1). A masked-out position is never read: it is replaced by 0 before anything uses it, so
+NaN or inf there changes no value and no gradient (whose entries there are 0). The same holds for the
+logits of rows whose label is ignore_index. Labels may be any integer dtype.
 """
 import torch
 
-KL_ESTIMATORS = ("k1", "k2", "k3", "abs")
-REDUCTIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum")
+from .codes import KL_ESTIMATORS, REDUCTIONS  # noqa: F401 (the option names, re-exported)
 
 
 def _compute_dtype(*tensors):
@@ -15,10 +19,22 @@ def _compute_dtype(*tensors):
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
+def _kept(mask):
+    return mask != 0
+
+
+def _read(x, kept, dtype):
+    """x in dtype, 0 where not kept: a masked-out position is never read."""
+    return torch.where(kept, x.to(dtype), 0.0)
+
+
 def token_logprobs(logits, labels, *, temperature=1.0, ignore_index=-100, return_entropy=False):
-    z = logits.to(_compute_dtype(logits)) / temperature
-    logp = torch.log_softmax(z, dim=-1)
+    labels = labels.long()
     ignored = labels == ignore_index
+    z = _read(logits, ~ignored.unsqueeze(-1), _compute_dtype(logits))
+    # Shifted by the row max before the division (a constant shift: the same distribution, and no
+    # precision lost to z / temperature at low temperatures). The kernels compute exactly this.
+    logp = torch.log_softmax((z - z.amax(-1, keepdim=True).detach()) / temperature, dim=-1)
     picked = logp.gather(-1, labels.masked_fill(ignored, 0).unsqueeze(-1)).squeeze(-1)
     logprobs = picked.masked_fill(ignored, 0.0)
     if not return_entropy:
@@ -50,8 +66,8 @@ def kl_penalty(logprobs, ref_logprobs, *, estimator="k1", clamp=None):
 @torch.no_grad()
 def gae(rewards, values, mask, *, gamma=1.0, lam=0.95):
     dtype = _compute_dtype(rewards, values)
-    m = mask.to(dtype)
-    rewards, values = rewards.to(dtype) * m, values.to(dtype) * m
+    kept = _kept(mask)
+    rewards, values = _read(rewards, kept, dtype), _read(values, kept, dtype)
     T = rewards.shape[-1]
     advantages = torch.zeros_like(rewards)
     next_advantage = torch.zeros_like(rewards[..., 0])
@@ -64,36 +80,36 @@ def gae(rewards, values, mask, *, gamma=1.0, lam=0.95):
 
 
 def masked_mean(x, mask, dim=None):
-    m = mask.to(_compute_dtype(x))
-    x = x.to(m.dtype)
-    total = (x * m).sum() if dim is None else (x * m).sum(dim)
-    count = m.sum() if dim is None else m.sum(dim)
+    kept = _kept(mask)
+    x = _read(x, kept, _compute_dtype(x))
+    total = x.sum() if dim is None else x.sum(dim)
+    count = kept.sum() if dim is None else kept.sum(dim)
     return torch.where(count > 0, total / count.clamp(min=1), 0.0)
 
 
 @torch.no_grad()
 def masked_whiten(x, mask, *, shift_mean=True, unbiased=False, eps=1e-8):
-    m = mask.to(_compute_dtype(x))
-    x = x.to(m.dtype)
-    n = m.sum()
-    mean = masked_mean(x, m)
-    var = ((x - mean) ** 2 * m).sum() / ((n - 1) if unbiased else n).clamp(min=1)
+    dtype = _compute_dtype(x)
+    kept = _kept(mask)
+    x = _read(x, kept, torch.float64)  # the variance of float32 data can pass float32's range
+    n = kept.sum()
+    mean = masked_mean(x, kept)
+    var = torch.where(kept, (x - mean) ** 2, 0.0).sum() / ((n - 1) if unbiased else n).clamp(min=1)
     y = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         y = y + mean
-    return y * m
+    return torch.where(kept, y, 0.0).to(dtype)
 
 
-def _reduce(per_token, mask, reduction):
+def _reduce(per_token, kept, reduction):
     """Reduce a [..., T] per-token loss; a sequence is one row of the last dim."""
-    m = mask.to(per_token.dtype)
     if reduction == "token_mean":
-        return masked_mean(per_token, m)
-    count = m.sum(-1)
+        return masked_mean(per_token, kept)
+    count = kept.sum(-1)
     if reduction == "seq_mean_token_mean":
-        per_seq = (per_token * m).sum(-1) / count.clamp(min=1)
+        per_seq = torch.where(kept, per_token, 0.0).sum(-1) / count.clamp(min=1)
     elif reduction == "seq_mean_token_sum":
-        per_seq = (per_token * m).sum(-1)
+        per_seq = torch.where(kept, per_token, 0.0).sum(-1)
     else:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     return masked_mean(per_seq, count > 0)  # sequences without a token do not count
@@ -102,8 +118,9 @@ def _reduce(per_token, mask, reduction):
 def ppo_policy_loss(logprobs, old_logprobs, advantages, mask, *, clip_eps=0.2, clip_eps_high=None,
                     dual_clip=None, reduction="token_mean"):
     dtype = _compute_dtype(logprobs, old_logprobs, advantages)
-    logprobs = logprobs.to(dtype)
-    old_logprobs, advantages = old_logprobs.to(dtype).detach(), advantages.to(dtype).detach()
+    kept = _kept(mask)
+    logprobs = _read(logprobs, kept, dtype)
+    old_logprobs, advantages = _read(old_logprobs, kept, dtype).detach(), _read(advantages, kept, dtype).detach()
     log_ratio = logprobs - old_logprobs
     ratio = torch.exp(log_ratio.clamp(-20.0, 20.0))
     high = clip_eps if clip_eps_high is None else clip_eps_high
@@ -112,43 +129,49 @@ def ppo_policy_loss(logprobs, old_logprobs, advantages, mask, *, clip_eps=0.2, c
     per_token = torch.maximum(unclipped, clipped)
     if dual_clip is not None:
         per_token = torch.where(advantages < 0, torch.minimum(per_token, -dual_clip * advantages), per_token)
-    loss = _reduce(per_token, mask, reduction)
+    loss = _reduce(per_token, kept, reduction)
     with torch.no_grad():
         stats = {
-            "clip_frac": masked_mean((clipped > unclipped).to(dtype), mask),
-            "approx_kl": masked_mean(0.5 * log_ratio**2, mask),
-            "ratio_mean": masked_mean(ratio, mask),
+            "clip_frac": masked_mean((clipped > unclipped).to(dtype), kept),
+            "approx_kl": masked_mean(0.5 * log_ratio**2, kept),
+            "ratio_mean": masked_mean(ratio, kept),
         }
     return loss, stats
 
 
 def ppo_value_loss(values, old_values, returns, mask, *, clip_eps=0.2, reduction="token_mean"):
     dtype = _compute_dtype(values, old_values, returns)
-    values = values.to(dtype)
-    old_values, returns = old_values.to(dtype).detach(), returns.to(dtype).detach()
+    kept = _kept(mask)
+    values = _read(values, kept, dtype)
+    old_values, returns = _read(old_values, kept, dtype).detach(), _read(returns, kept, dtype).detach()
     unclipped = (values - returns) ** 2
     if clip_eps is None:
         per_token, clipped = unclipped, unclipped
     else:
-        clipped = (old_values + (values - old_values).clamp(-clip_eps, clip_eps) - returns) ** 2
+        # Inside the clip range the clipped value is v itself (old + (v - old) would round), so the two
+        # branches tie exactly there and only truly clipped tokens count in clip_frac.
+        delta = values - old_values
+        clipped_values = torch.where(delta.abs() > clip_eps, old_values + delta.clamp(-clip_eps, clip_eps), values)
+        clipped = (clipped_values - returns) ** 2
         per_token = torch.maximum(unclipped, clipped)
-    loss = 0.5 * _reduce(per_token, mask, reduction)
+    loss = 0.5 * _reduce(per_token, kept, reduction)
     with torch.no_grad():
-        stats = {"clip_frac": masked_mean((clipped > unclipped).to(dtype), mask)}
+        stats = {"clip_frac": masked_mean((clipped > unclipped).to(dtype), kept)}
     return loss, stats
 
 
 @torch.no_grad()
 def kl_shaped_rewards(scores, kl, mask, *, kl_coef, score_clip=None):
     dtype = _compute_dtype(scores, kl)
-    m = mask.to(dtype)
-    rewards = -kl_coef * kl.to(dtype) * m
+    kept = _kept(mask)
+    rewards = -kl_coef * _read(kl, kept, dtype)
+    scores = scores.to(dtype)
     if score_clip is not None:
         scores = scores.clamp(-score_clip, score_clip)
-    positions = torch.arange(1, m.shape[-1] + 1, device=m.device, dtype=dtype)
-    last = (positions * m).argmax(-1, keepdim=True)  # the last masked position (EOS)
-    has_tokens = m.sum(-1, keepdim=True) > 0
-    score = torch.where(has_tokens, scores.to(dtype).unsqueeze(-1), 0.0)
+    positions = torch.arange(1, kept.shape[-1] + 1, device=kept.device, dtype=dtype)
+    last = (positions * kept).argmax(-1, keepdim=True)  # the last masked position (EOS)
+    has_tokens = kept.any(-1, keepdim=True)
+    score = torch.where(has_tokens, scores.unsqueeze(-1), 0.0)
     return rewards.scatter_add(-1, last, score)
 
 

@@ -1,9 +1,9 @@
 """Triton kernels, one file per op, for CUDA tensors (CPU tensors too under TRITON_INTERPRET=1).
 
-The C++ extension `fastrlhf._C` exposes the same functions with the same arguments; the ops in
-`fastrlhf.ops` call whichever fits the device. Arguments arrive normalised by the ops: 1-D or 2-D
-contiguous tensors of the caller's float dtype (logits: a [B, T, V] view with a contiguous last
-dim), masks as bool, options as plain numbers. Per-token results are float32.
+fastrlhf/ops/<op>.py registers each launcher as the CUDA kernel of torch.ops.fastrlhf.<op> (the C++
+kernels serve CPU tensors). Arguments arrive normalised by that registration: 1-D or 2-D contiguous
+tensors of one float dtype (logits: a [B, T, V] view with a contiguous last dim), masks as bool,
+options as plain numbers and integer codes (fastrlhf/codes.py). Per-token results are float32.
 
 Compile specs: every specialization a launcher can pick is enumerable, so CI compiles each one for
 real GPUs ahead of time without a GPU (tests/test_gpu_compile.py, fastrlhf/benchmark/gpu_compile.py).

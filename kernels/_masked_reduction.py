@@ -7,7 +7,8 @@ sizes (64 x 1024 tokens) the launches, not the bytes, are what costs.
 
 Moments (masked_mean over everything, masked_whiten): the count n, mean and M2 = sum (x - mean)^2 of
 each block (two passes over registers), merged with Chan's formula. Never E[x^2] - E[x]^2, which
-cancels catastrophically when |mean| >> std.
+cancels catastrophically when |mean| >> std. In float64: M2 of float32 data overflows float32 as
+soon as |x - mean| passes ~1e19 (values near 1e30 gave nan); the data stays float32 in memory.
 
 PPO losses: one rows kernel computes the per-token loss and d loss_token / d input in a single pass,
 saves that gradient (masked, float32) and writes per-row sums [count, loss, stat_0, ...]. The
@@ -22,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastrlhf.reference import REDUCTIONS
+from fastrlhf.codes import REDUCTIONS
 
 from ._specs import FLOAT_DTYPES, powers_of_two, short, spec
 
@@ -36,6 +37,7 @@ FINALIZE_BLOCK, FINALIZE_WARPS = 1024, 8  # the loss finalize: rows per step, an
 LOSS_MAXNREG = 128
 BACKWARD_TILE = 2048  # elements per program of the loss backward
 _STATS_PAD = tl.constexpr(4)  # room for the most statistics a loss has (3), a power of two
+TOKEN_MEAN, SEQ_MEAN_TOKEN_MEAN, SEQ_MEAN_TOKEN_SUM = (tl.constexpr(REDUCTIONS.index(name)) for name in REDUCTIONS)
 
 
 def num_programs(n_blocks, n_elements):
@@ -52,7 +54,7 @@ def num_warps(block):
 
 @triton.jit
 def _combine(n, mean, m2):
-    """The moments of the union of a vector of disjoint sets (n, mean, M2 each)."""
+    """The moments of the union of a vector of disjoint sets (n, mean, M2 each, float64)."""
     count = tl.sum(n, axis=0)
     center = tl.sum(n * mean, axis=0) / tl.maximum(count, 1.0)
     deviation = mean - center  # empty sets carry mean 0: finite, and weighted by n = 0
@@ -71,21 +73,21 @@ def _merge(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
 @triton.jit
 def masked_moments(x_ptr, mask_ptr, N, first_block, block_step, BLOCK: tl.constexpr):
     """Moments of the masked elements of blocks first_block, first_block + block_step, ... of x[N]."""
-    n, mean, m2 = 0.0, 0.0, 0.0
+    n, mean, m2 = tl.zeros([], tl.float64), tl.zeros([], tl.float64), tl.zeros([], tl.float64)
     for start in range(first_block * BLOCK, N, block_step * BLOCK):
         offs = start + tl.arange(0, BLOCK)
         inside = offs < N
         m = tl.load(mask_ptr + offs, mask=inside, other=0) != 0
-        x = tl.where(m, tl.load(x_ptr + offs, mask=inside, other=0.0).to(tl.float32), 0.0)
-        block_n, block_mean, block_m2 = _combine(m.to(tl.float32), x, 0.0)
+        x = tl.where(m, tl.load(x_ptr + offs, mask=inside, other=0.0).to(tl.float64), 0.0)
+        block_n, block_mean, block_m2 = _combine(m.to(tl.float64), x, 0.0)
         n, mean, m2 = _merge(n, mean, m2, block_n, block_mean, block_m2)
     return n, mean, m2
 
 
 @triton.jit
 def merge_partials(partials_ptr, P, BLOCK: tl.constexpr):
-    """Moments of everything from the [3, P] partials (rows n, mean, M2) of _moments_kernel."""
-    n, mean, m2 = 0.0, 0.0, 0.0
+    """Moments of everything from the [3, P] float64 partials (rows n, mean, M2) of _moments_kernel."""
+    n, mean, m2 = tl.zeros([], tl.float64), tl.zeros([], tl.float64), tl.zeros([], tl.float64)
     for start in range(0, P, BLOCK):
         offs = start + tl.arange(0, BLOCK)
         inside = offs < P
@@ -115,7 +117,7 @@ def moments_partials(x, mask):
     config: the block sizes and num_warps for the caller's kernel (BLOCK, PARTIALS_BLOCK)."""
     config = moments_config()
     programs = num_programs(triton.cdiv(x.numel(), MOMENTS_BLOCK), x.numel())
-    partials = torch.empty((3, programs), device=x.device, dtype=torch.float32)
+    partials = torch.empty((3, programs), device=x.device, dtype=torch.float64)
     if programs == 1:
         return partials, 0, config
     _moments_kernel[(programs,)](x, mask, partials, x.numel(), BLOCK=MOMENTS_BLOCK, num_warps=config["num_warps"])
@@ -125,10 +127,13 @@ def moments_partials(x, mask):
 # ---- PPO losses ----------------------------------------------------------------------------------
 
 @triton.jit
-def _loss_rows(x_ptr, old_ptr, other_ptr, mask_ptr, token_grad_ptr, partials_ptr, R, T, p0, p1, p2,
-               TOKEN_LOSS: tl.constexpr, N_STATS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_T: tl.constexpr):
-    """Per token: TOKEN_LOSS(x, old, other, p0, p1, p2) -> (loss, d loss / d x, stat_0, stat_1, stat_2);
-    saves the masked gradient and writes the row sums partials[k, row], k = count, loss, stat_0, ..."""
+def _loss_rows(x_ptr, old_ptr, other_ptr, mask_ptr, token_grad_ptr, partials_ptr, R, T, clip_low, clip_high,
+               dual_clip, TOKEN_LOSS: tl.constexpr, N_STATS: tl.constexpr, BLOCK_R: tl.constexpr,
+               BLOCK_T: tl.constexpr):
+    """Per token: TOKEN_LOSS(x, old, other, clip_low, clip_high, dual_clip) -> (loss, d loss / d x, stat_0,
+    stat_1, stat_2), where other is the advantage (policy) or the return (value), [clip_low, clip_high]
+    bounds the clipped quantity (the ratio, or v - old) and dual_clip (policy only; inf: none) caps the
+    loss. Saves the masked gradient and writes the row sums partials[k, row], k = count, loss, stat_0, ..."""
     for row0 in range(tl.program_id(0) * BLOCK_R, R, tl.num_programs(0) * BLOCK_R):
         rows = row0 + tl.arange(0, BLOCK_R)
         count = tl.zeros([BLOCK_R], tl.float32)
@@ -144,7 +149,7 @@ def _loss_rows(x_ptr, old_ptr, other_ptr, mask_ptr, token_grad_ptr, partials_ptr
             x = tl.load(x_ptr + offs, mask=inside, other=0.0).to(tl.float32)
             old = tl.load(old_ptr + offs, mask=inside, other=0.0).to(tl.float32)
             other = tl.load(other_ptr + offs, mask=inside, other=0.0).to(tl.float32)
-            token_loss, grad, s0, s1, s2 = TOKEN_LOSS(x, old, other, p0, p1, p2)
+            token_loss, grad, s0, s1, s2 = TOKEN_LOSS(x, old, other, clip_low, clip_high, dual_clip)
             tl.store(token_grad_ptr + offs, tl.where(m, grad, 0.0), mask=inside)
             # tl.where, not a product with the mask: garbage at masked-out tokens must not leak in as nan
             count += tl.sum(m.to(tl.float32), axis=1)
@@ -165,7 +170,7 @@ def _loss_rows(x_ptr, old_ptr, other_ptr, mask_ptr, token_grad_ptr, partials_ptr
 def _finalize_loss(partials_ptr, R, loss_ptr, stats_ptr, row_scale_ptr, N_STATS: tl.constexpr,
                    REDUCTION: tl.constexpr, BLOCK: tl.constexpr):
     """Row sums -> the reduced loss, the stats (masked token means) and each row's gradient scale.
-    REDUCTION indexes reference.REDUCTIONS: token_mean, seq_mean_token_mean, seq_mean_token_sum."""
+    REDUCTION: a code of REDUCTIONS."""
     k = tl.arange(0, _STATS_PAD)
     counts = tl.zeros([BLOCK], tl.float32)
     losses = tl.zeros([BLOCK], tl.float32)  # sum of row losses, or of row mean losses
@@ -177,21 +182,21 @@ def _finalize_loss(partials_ptr, R, loss_ptr, stats_ptr, row_scale_ptr, N_STATS:
         count = tl.load(partials_ptr + rows, mask=inside, other=0.0)
         loss = tl.load(partials_ptr + R + rows, mask=inside, other=0.0)
         counts += count
-        losses += loss / tl.maximum(count, 1.0) if REDUCTION == 1 else loss
+        losses += loss / tl.maximum(count, 1.0) if REDUCTION == SEQ_MEAN_TOKEN_MEAN else loss
         nonempty += (count > 0).to(tl.float32)
         stats += tl.load(partials_ptr + (2 + k[:, None]) * R + rows[None, :],
                          mask=(k[:, None] < N_STATS) & inside[None, :], other=0.0)
     total = tl.maximum(tl.sum(counts, axis=0), 1.0)
     sequences = tl.maximum(tl.sum(nonempty, axis=0), 1.0)  # sequences without a token do not count
-    tl.store(loss_ptr, tl.sum(losses, axis=0) / (total if REDUCTION == 0 else sequences))
+    tl.store(loss_ptr, tl.sum(losses, axis=0) / (total if REDUCTION == TOKEN_MEAN else sequences))
     tl.store(stats_ptr + k, tl.sum(stats, axis=1) / total, mask=k < N_STATS)
     for start in range(0, R, BLOCK):
         rows = start + tl.arange(0, BLOCK)
         inside = rows < R
         count = tl.load(partials_ptr + rows, mask=inside, other=0.0)
-        if REDUCTION == 0:
+        if REDUCTION == TOKEN_MEAN:
             scale = tl.zeros([BLOCK], tl.float32) + 1.0 / total
-        elif REDUCTION == 1:
+        elif REDUCTION == SEQ_MEAN_TOKEN_MEAN:
             scale = tl.where(count > 0, 1.0 / (tl.maximum(count, 1.0) * sequences), 0.0)
         else:
             scale = tl.zeros([BLOCK], tl.float32) + 1.0 / sequences
@@ -200,30 +205,32 @@ def _finalize_loss(partials_ptr, R, loss_ptr, stats_ptr, row_scale_ptr, N_STATS:
 
 @triton.jit
 def _loss_forward_kernel(x_ptr, old_ptr, other_ptr, mask_ptr, token_grad_ptr, partials_ptr, loss_ptr, stats_ptr,
-                         row_scale_ptr, R, T, p0, p1, p2, TOKEN_LOSS: tl.constexpr, N_STATS: tl.constexpr,
+                         row_scale_ptr, R, T, clip_low, clip_high, dual_clip, TOKEN_LOSS: tl.constexpr,
+                         N_STATS: tl.constexpr,
                          REDUCTION: tl.constexpr, ROWS: tl.constexpr, FINALIZE: tl.constexpr,
                          BLOCK_R: tl.constexpr, BLOCK_T: tl.constexpr, FINALIZE_BLOCK: tl.constexpr):
     """ROWS: the rows pass; FINALIZE: the finalize (both in one program for small inputs)."""
     if ROWS:
-        _loss_rows(x_ptr, old_ptr, other_ptr, mask_ptr, token_grad_ptr, partials_ptr, R, T, p0, p1, p2,
-                   TOKEN_LOSS, N_STATS, BLOCK_R, BLOCK_T)
+        _loss_rows(x_ptr, old_ptr, other_ptr, mask_ptr, token_grad_ptr, partials_ptr, R, T, clip_low, clip_high,
+                   dual_clip, TOKEN_LOSS, N_STATS, BLOCK_R, BLOCK_T)
     if FINALIZE:
         if ROWS:
             tl.debug_barrier()  # the program's own partials stores must be visible to all its threads
         _finalize_loss(partials_ptr, R, loss_ptr, stats_ptr, row_scale_ptr, N_STATS, REDUCTION, FINALIZE_BLOCK)
 
 
-def loss_forward(token_loss, n_stats, x, old, other, mask, params, reduction):
-    """Forward of a PPO loss over [R, T] inputs -> (loss, stats [n_stats], token_grad [R, T], row_scale [R]).
-    1 launch up to SINGLE_PROGRAM_MAX tokens, else 2 (rows with many programs, then the finalize)."""
+def loss_forward(token_loss, n_stats, x, old, other, mask, clip_low, clip_high, dual_clip, reduction):
+    """Forward of a PPO loss over [R, T] inputs, reduction a code of REDUCTIONS -> (loss, stats [n_stats],
+    token_grad [R, T], row_scale [R]). 1 launch up to SINGLE_PROGRAM_MAX tokens, else 2 (rows with many
+    programs, then the finalize)."""
     R, T = x.shape
     block_r, block_t, programs, warps = _rows_launch(R, T)
     f32 = dict(device=x.device, dtype=torch.float32)
     loss, stats = torch.empty((), **f32), torch.empty(n_stats, **f32)
     token_grad, row_scale = torch.empty((R, T), **f32), torch.empty(R, **f32)
     partials = torch.empty((2 + n_stats, R), **f32)
-    args = (x, old, other, mask, token_grad, partials, loss, stats, row_scale, R, T, *params)
-    rows, finalize = dict(BLOCK_R=block_r, BLOCK_T=block_t), dict(REDUCTION=REDUCTIONS.index(reduction))
+    args = (x, old, other, mask, token_grad, partials, loss, stats, row_scale, R, T, clip_low, clip_high, dual_clip)
+    rows, finalize = dict(BLOCK_R=block_r, BLOCK_T=block_t), dict(REDUCTION=reduction)
     launch = dict(maxnreg=LOSS_MAXNREG, TOKEN_LOSS=token_loss, N_STATS=n_stats, FINALIZE_BLOCK=FINALIZE_BLOCK)
     if programs == 1:
         _loss_forward_kernel[(1,)](*args, ROWS=True, FINALIZE=True, num_warps=warps, **launch, **rows, **finalize)

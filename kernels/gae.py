@@ -1,6 +1,6 @@
 """Generalised advantage estimation as a reverse linear-recurrence scan, one program per row.
 
-With r, v the masked rewards and values, delta_t = r_t + gamma * v_{t+1} - v_t (v_T = 0) and
+With r, v the rewards and values where mask, else 0, delta_t = r_t + gamma * v_{t+1} - v_t (v_T = 0) and
 A_t = delta_t + c * A_{t+1} with c = gamma * lam (A_T = 0): each step is the affine map
 x -> delta_t + c * x. Affine maps compose associatively, so a chunk of BLOCK_T steps is one
 `tl.associative_scan(reverse=True)` over (decay, delta) pairs instead of BLOCK_T dependent steps.
@@ -33,12 +33,13 @@ def _gae_kernel(rewards_ptr, values_ptr, mask_ptr, advantages_ptr, returns_ptr, 
     for i in range(num_chunks):
         t = (num_chunks - 1 - i) * BLOCK_T + lanes  # chunks from the end; aligned, so loads coalesce
         inside = t < T
-        # Multiplied by the mask, as the reference (a nan or inf outside it spreads there too).
-        m = tl.load(mask_ptr + row_start + t, mask=inside, other=0).to(tl.float32)
-        m_next = tl.load(mask_ptr + row_start + t + 1, mask=t + 1 < T, other=0).to(tl.float32)
-        value = tl.load(values_ptr + row_start + t, mask=inside, other=0.0).to(tl.float32) * m
-        value_next = tl.load(values_ptr + row_start + t + 1, mask=t + 1 < T, other=0.0).to(tl.float32) * m_next
-        reward = tl.load(rewards_ptr + row_start + t, mask=inside, other=0.0).to(tl.float32) * m
+        # Selected by the mask, not multiplied: a nan or inf at a masked-out position is never used.
+        m = tl.load(mask_ptr + row_start + t, mask=inside, other=0) != 0
+        m_next = tl.load(mask_ptr + row_start + t + 1, mask=t + 1 < T, other=0) != 0
+        value = tl.where(m, tl.load(values_ptr + row_start + t, mask=inside, other=0.0).to(tl.float32), 0.0)
+        value_next = tl.where(m_next, tl.load(values_ptr + row_start + t + 1, mask=t + 1 < T, other=0.0).to(tl.float32),
+                              0.0)
+        reward = tl.where(m, tl.load(rewards_ptr + row_start + t, mask=inside, other=0.0).to(tl.float32), 0.0)
         delta = reward + gamma * value_next - value
         delta += tl.where(lanes == BLOCK_T - 1, decay * carry, 0.0)
         _, advantage = tl.associative_scan((tl.full([BLOCK_T], decay, tl.float32), delta), 0, _compose,

@@ -12,10 +12,11 @@ import torch
 import triton
 import triton.language as tl
 
+from fastrlhf.codes import KL_ESTIMATORS
+
 from ._specs import FLOAT_DTYPES, short, spec
 
-# Codes are indices into reference.KL_ESTIMATORS ("k1", "k2", "k3", "abs").
-K1, K2, K3, ABS = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2), tl.constexpr(3)
+K1, K2, K3, ABS = (tl.constexpr(KL_ESTIMATORS.index(name)) for name in ("k1", "k2", "k3", "abs"))
 # One block size for every n: a smaller block for a small input saves nothing that counts and costs a compile
 # per size. 8 elements per thread at 8 warps (16 spill in the fp16 backward on sm_90: tests/test_gpu_compile.py).
 _BLOCK, _WARPS = 2048, 8
@@ -95,7 +96,7 @@ def _backward_kernel(logprobs_ptr, ref_ptr, grad_kl_ptr, grad_logprobs_ptr, grad
 
 
 def kl_penalty_forward(logprobs, ref_logprobs, estimator, clamp):
-    """logprobs, ref_logprobs [N] contiguous of one float dtype, estimator an index into KL_ESTIMATORS,
+    """logprobs, ref_logprobs [N] contiguous of one float dtype, estimator a code of KL_ESTIMATORS,
     clamp (inf: none) -> kl float32 [N]."""
     n = logprobs.numel()
     kl = torch.empty(n, device=logprobs.device, dtype=torch.float32)

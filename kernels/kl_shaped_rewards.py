@@ -1,4 +1,4 @@
-"""Per-token PPO rewards: -kl_coef * kl * mask plus the sequence score at each row's last masked token.
+"""Per-token PPO rewards: -kl_coef * kl where mask (else 0) plus the sequence score at each row's last masked token.
 
 One program per row walks its chunks from the end, so the first masked position it meets is the
 row's last (the EOS token) and the score can be placed in the same single pass: kl and mask are
@@ -28,10 +28,11 @@ def _kl_shaped_rewards_kernel(scores_ptr, kl_ptr, mask_ptr, rewards_ptr, T, kl_c
     for i in range(num_chunks):
         t = (num_chunks - 1 - i) * BLOCK_T + lanes
         inside = t < T
-        m = tl.load(mask_ptr + row_start + t, mask=inside, other=0).to(tl.float32)
+        m = tl.load(mask_ptr + row_start + t, mask=inside, other=0) != 0
         kl = tl.load(kl_ptr + row_start + t, mask=inside, other=0.0).to(tl.float32)
-        last = tl.maximum(last, tl.max(tl.where(m != 0, t, -1), axis=0))  # chunks to the right win
-        rewards = -kl_coef * kl * m + tl.where(t == last, score, 0.0)  # times the mask, as the reference
+        last = tl.maximum(last, tl.max(tl.where(m, t, -1), axis=0))  # chunks to the right win
+        # selected, not multiplied by the mask: a nan or inf at a masked-out position is never used
+        rewards = tl.where(m, -kl_coef * kl, 0.0) + tl.where(t == last, score, 0.0)
         tl.store(rewards_ptr + row_start + t, rewards, mask=inside)
 
 

@@ -27,8 +27,8 @@ def _mean_all_kernel(x_ptr, mask_ptr, partials_ptr, mean_ptr, inv_count_ptr, N, 
         n, mean, _ = merge_partials(partials_ptr, P, PARTIALS_BLOCK)
     else:
         n, mean, _ = masked_moments(x_ptr, mask_ptr, N, 0, 1, BLOCK)
-    tl.store(mean_ptr, mean)
-    tl.store(inv_count_ptr, 1.0 / tl.maximum(n, 1.0))
+    tl.store(mean_ptr, mean.to(tl.float32))
+    tl.store(inv_count_ptr, (1.0 / tl.maximum(n, 1.0)).to(tl.float32))
 
 
 @triton.jit

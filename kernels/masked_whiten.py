@@ -23,7 +23,8 @@ def _whiten_kernel(x_ptr, mask_ptr, partials_ptr, y_ptr, N, P, eps, SHIFT_MEAN: 
     else:
         n, mean, m2 = masked_moments(x_ptr, mask_ptr, N, 0, 1, BLOCK)
     divisor = tl.maximum(n - 1.0 if UNBIASED else n, 1.0)  # Bessel's correction, n - 1 clamped to >= 1
-    rstd = tl.rsqrt(m2 / divisor + eps)
+    rstd = (1.0 / tl.sqrt(m2 / divisor + eps)).to(tl.float32)  # in float64: the variance may pass float32's range
+    mean = mean.to(tl.float32)
     shift = 0.0 if SHIFT_MEAN else mean
     for start in range(tl.program_id(0) * BLOCK, N, tl.num_programs(0) * BLOCK):
         offs = start + tl.arange(0, BLOCK)

@@ -10,17 +10,17 @@ Per token, with ratio = exp(clamp(logprobs - old_logprobs, -20, 20)) and advanta
 import triton
 import triton.language as tl
 
-from ._masked_reduction import loss_forward, loss_forward_specs
+from fastrlhf.codes import POLICY_STATS
 
-STATS = ("clip_frac", "approx_kl", "ratio_mean")
+from ._masked_reduction import loss_forward, loss_forward_specs
 
 
 @triton.jit
-def _policy_token(logprobs, old_logprobs, advantages, clip_eps, clip_eps_high, dual_clip):
+def _policy_token(logprobs, old_logprobs, advantages, ratio_low, ratio_high, dual_clip):
     log_ratio = logprobs - old_logprobs
     ratio = tl.exp(tl.minimum(tl.maximum(log_ratio, -20.0), 20.0))
     unclipped = -advantages * ratio
-    clipped = -advantages * tl.minimum(tl.maximum(ratio, 1.0 - clip_eps), 1.0 + clip_eps_high)
+    clipped = -advantages * tl.minimum(tl.maximum(ratio, ratio_low), ratio_high)
     loss = tl.maximum(unclipped, clipped)
     grad = tl.where((unclipped >= clipped) & (tl.abs(log_ratio) <= 20.0), unclipped, 0.0)
     # dual_clip = inf when off: the cap -inf * A is never below the loss (and A = 0 never caps)
@@ -32,12 +32,12 @@ def _policy_token(logprobs, old_logprobs, advantages, clip_eps, clip_eps_high, d
 
 
 def ppo_policy_loss_forward(logprobs, old_logprobs, advantages, mask, clip_eps, clip_eps_high, dual_clip, reduction):
-    """[R, T] inputs of one float dtype, bool mask; dual_clip = inf for none.
+    """[R, T] inputs of one float dtype, bool mask; dual_clip = inf for none; reduction a code of REDUCTIONS.
     -> (loss, stats [clip_frac, approx_kl, ratio_mean], token_grad [R, T], row_scale [R]), float32."""
-    return loss_forward(_policy_token, len(STATS), logprobs, old_logprobs, advantages, mask,
-                        (clip_eps, clip_eps_high, dual_clip), reduction)
+    return loss_forward(_policy_token, len(POLICY_STATS), logprobs, old_logprobs, advantages, mask, 1.0 - clip_eps,
+                        1.0 + clip_eps_high, dual_clip, reduction)
 
 
 def compile_specs():
     """Every specialization the launcher can pick (the contract in kernels/__init__.py)."""
-    return loss_forward_specs("ppo_policy_loss_forward", _policy_token, len(STATS))
+    return loss_forward_specs("ppo_policy_loss_forward", _policy_token, len(POLICY_STATS))

@@ -3,24 +3,24 @@ shared with the policy loss (kernels/_masked_reduction.py). Forward: 1 launch up
 SINGLE_PROGRAM_MAX tokens, else 2. Backward: 1 (ppo_loss_backward).
 
 Per token, with returns R: loss = 0.5 * max((v - R)^2, (v_clipped - R)^2) where
-v_clipped = old + clamp(v - old, -clip_eps, clip_eps). Inside the clip range v_clipped is v itself
+v_clipped = old + clamp(v - old, -clip_eps, clip_eps) outside the clip range, and v itself inside it
 (not old + (v - old), which rounds), so the branches tie exactly there and clip_frac counts only
-truly clipped tokens; clip_eps = inf is then exactly the unclipped loss.
+truly clipped tokens; clip_eps = inf is then exactly the unclipped loss (as reference.ppo_value_loss).
 d loss / d v = v - R where the unclipped branch wins, else 0 (the clipped branch is flat in v).
 """
 import triton
 import triton.language as tl
 
-from ._masked_reduction import loss_forward, loss_forward_specs
+from fastrlhf.codes import VALUE_STATS
 
-STATS = ("clip_frac",)
+from ._masked_reduction import loss_forward, loss_forward_specs
 
 
 @triton.jit
-def _value_token(values, old_values, returns, clip_eps, unused_0, unused_1):
+def _value_token(values, old_values, returns, delta_low, delta_high, unused_dual_clip):
     delta = values - old_values
-    clipped_values = tl.where(tl.abs(delta) > clip_eps,
-                              old_values + tl.minimum(tl.maximum(delta, -clip_eps), clip_eps), values)
+    clipped_values = tl.where((delta < delta_low) | (delta > delta_high),
+                              old_values + tl.minimum(tl.maximum(delta, delta_low), delta_high), values)
     unclipped = (values - returns) * (values - returns)
     clipped = (clipped_values - returns) * (clipped_values - returns)
     grad = tl.where(unclipped >= clipped, values - returns, 0.0)
@@ -29,11 +29,12 @@ def _value_token(values, old_values, returns, clip_eps, unused_0, unused_1):
 
 
 def ppo_value_loss_forward(values, old_values, returns, mask, clip_eps, reduction):
-    """[R, T] inputs of one float dtype, bool mask; clip_eps = inf for the unclipped loss.
-    -> (loss, stats [clip_frac], token_grad [R, T], row_scale [R]), float32."""
-    return loss_forward(_value_token, len(STATS), values, old_values, returns, mask, (clip_eps, 0.0, 0.0), reduction)
+    """[R, T] inputs of one float dtype, bool mask; clip_eps = inf for the unclipped loss; reduction a code
+    of REDUCTIONS. -> (loss, stats [clip_frac], token_grad [R, T], row_scale [R]), float32."""
+    return loss_forward(_value_token, len(VALUE_STATS), values, old_values, returns, mask, -clip_eps, clip_eps,
+                        float("inf"), reduction)
 
 
 def compile_specs():
     """Every specialization the launcher can pick (the contract in kernels/__init__.py)."""
-    return loss_forward_specs("ppo_value_loss_forward", _value_token, len(STATS))
+    return loss_forward_specs("ppo_value_loss_forward", _value_token, len(VALUE_STATS))

@@ -9,14 +9,6 @@ from fastrlhf.kernels import _masked_reduction
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
 
-def dyadic(shape, spread=2.0):
-    """Multiples of 1/64 in [-spread, spread): exact in every float dtype, so differences such as
-    values - old_values are exact and the float64 reference makes no rounding-only clip decisions."""
-    steps = int(spread * 64)
-    return torch.randint(-steps, steps, shape).float() / 64
-
-
-
 def check_loss(backend, op, inputs, mask, dtype=torch.float32, garbage=None, **options):
     """op (a fastrlhf.ops loss) vs its float64 reference on the same stored inputs: loss, stats and the
     gradient w.r.t. the first input. With `garbage` (nan, inf), the op's inputs hold it at masked-out
@@ -45,9 +37,9 @@ def check_loss(backend, op, inputs, mask, dtype=torch.float32, garbage=None, **o
 
 
 def opcheck(backend, op, *args):
-    """torch.library.opcheck of a custom op (schema, fake tensor, autograd registration) on this backend."""
+    """torch.library.opcheck of a registered op (schema, fake kernel, autograd registration) on this backend."""
     if backend.name == "reference":
-        pytest.skip("the reference backend calls no custom op")
+        pytest.skip("the reference backend calls no registered op")
     torch.library.opcheck(op, tuple(a.to(backend.device) if isinstance(a, torch.Tensor) else a for a in args))
 
 
@@ -59,9 +51,12 @@ def check_only_first_input_gets_gradient(backend, op, inputs):
 
 
 @pytest.fixture
-def many_programs(backend, monkeypatch):
-    """Triton: the partials path (many programs, then the finalize) even for small test inputs, with
-    tiny blocks so that programs stride over several blocks and merge several steps of partials."""
+def triton_partials(backend, monkeypatch):
+    """Triton's partials path (many programs, then the finalize) even for small test inputs, with tiny
+    blocks so that programs stride over several blocks and merge several steps of partials. The other
+    backends have no such path: skipped."""
+    if backend.name != "triton":
+        pytest.skip("only the Triton kernels have a partials path")
     monkeypatch.setattr(_masked_reduction, "SINGLE_PROGRAM_MAX", 8)
     monkeypatch.setattr(_masked_reduction, "MAX_PROGRAMS", 3)
     monkeypatch.setattr(_masked_reduction, "MOMENTS_BLOCK", 16)

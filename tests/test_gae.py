@@ -96,6 +96,16 @@ def test_mask_forms_and_layouts(backend):
     check_against_reference(backend, full[:, ::2], full[:, 1::2], random_mask((2, 5, 14)).long(), gamma=1.0, lam=0.95)
 
 
+def test_masked_out_positions_are_never_read(backend):
+    """nan and inf at masked-out positions change nothing (the reference and the kernels select, not multiply)."""
+    rewards, values, mask = torch.randn(3, 17), torch.randn(3, 17), random_mask((3, 17))
+    garbage = [t.masked_fill(~mask, bad) for t, bad in ((rewards, float("nan")), (values, float("inf")))]
+    got = ops.gae(*(t.to(backend.device) for t in garbage), mask.to(backend.device), gamma=0.9, lam=0.8)
+    want = reference.gae(rewards.double(), values.double(), mask, gamma=0.9, lam=0.8)
+    for g, w in zip(got, want):
+        assert_close(g, w, atol=1e-5, what="gae")
+
+
 def test_no_gradient(backend):
     rewards = torch.randn(2, 5, device=backend.device, requires_grad=True)
     advantages, returns = ops.gae(rewards, rewards * 2, torch.ones(2, 5, device=backend.device))
@@ -129,5 +139,12 @@ def test_bad_inputs(backend):
             for bad in (float("nan"), float("inf")):
                 args = {"rewards": x.clone(), "values": x.clone()}
                 args[name][1, 3] = bad
-                with pytest.raises(ValueError, match=f"{name} contains NaN or inf"):
+                with pytest.raises(ValueError, match=f"{name} contains NaN or inf at a masked position"):
                     ops.gae(args["rewards"], args["values"], mask)
+    if backend.name == "cpp":  # the C++ kernel's own check, for direct calls
+        wrong = x.clone()
+        wrong[0, 0] = float("nan")
+        with pytest.raises(ValueError, match="values contains NaN or inf"):
+            torch.ops.fastrlhf.gae(x, wrong, mask, 1.0, 0.95)
+        with pytest.raises(ValueError, match="overflow"):
+            torch.ops.fastrlhf.gae(torch.full((2, 5), 3e38), x, mask, 1.0, 1.0)

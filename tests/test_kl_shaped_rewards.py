@@ -50,12 +50,15 @@ def test_fully_masked_batch(backend):
     assert (rewards == 0).all()
 
 
-def test_non_finite_kl_as_reference(backend):
-    """kl is multiplied by the mask, as in the reference: an inf outside the mask gives nan there."""
-    kl = torch.randn(2, 6)
-    kl[0, 4], kl[1, 1] = float("inf"), float("-inf")
-    mask = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1]])
-    check_against_reference(backend, torch.randn(2), kl, mask, kl_coef=0.1, score_clip=None)
+def test_masked_out_positions_are_never_read(backend):
+    """nan and inf in kl (and in the score of a row without tokens) at masked-out positions change nothing."""
+    kl = torch.randn(3, 6)
+    kl[0, 4], kl[1, 1], kl[2] = float("inf"), float("nan"), float("-inf")
+    mask = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 0, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0]])
+    got = ops.kl_shaped_rewards(torch.randn(3).to(backend.device), kl.to(backend.device), mask.to(backend.device),
+                                kl_coef=0.1)
+    assert torch.isfinite(got).all() and (got[mask == 0] == 0).all()
+    check_against_reference(backend, torch.randn(3), kl, mask, kl_coef=0.1, score_clip=None)
 
 
 def test_mask_forms_and_layouts(backend):

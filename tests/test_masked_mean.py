@@ -1,10 +1,9 @@
 import pytest
 import torch
 from helpers import assert_close, assert_grad_close, leaf
-from reduction_testing import DTYPES, many_programs, opcheck  # noqa: F401
+from reduction_testing import DTYPES, opcheck, triton_partials  # noqa: F401
 
 from fastrlhf import ops, reference
-from fastrlhf.ops.masked_mean import _forward as masked_mean_op
 
 
 def check_against_reference(backend, x, mask, dim, dtype=torch.float32):
@@ -51,10 +50,27 @@ def test_noncontiguous_and_float_mask(backend):
 
 
 @pytest.mark.parametrize("dim", [None, 0, 2])
-def test_partials_path(many_programs, dim):
-    """Triton: the whole-tensor mean through per-program partials; large enough for several C++ chunks."""
-    shape = (3, 5, 7) if many_programs.name == "triton" else (3, 40, 700)
-    check_against_reference(many_programs, torch.randn(shape) + 5, torch.rand(shape) < 0.7, dim)
+def test_triton_partials_path(triton_partials, dim):
+    """The whole-tensor mean through per-program partials, then the finalize."""
+    check_against_reference(triton_partials, torch.randn(3, 5, 7) + 5, torch.rand(3, 5, 7) < 0.7, dim)
+
+
+@pytest.mark.parametrize("dim", [None, 0, 2])
+def test_several_chunks(backend, dim):
+    """More elements than one C++ thread chunk (2^15) or one Triton block: partial results merged."""
+    check_against_reference(backend, torch.randn(3, 40, 700) + 5, torch.rand(3, 40, 700) < 0.7, dim)
+
+
+@pytest.mark.parametrize("dim", [None, 0, -1])
+def test_masked_out_positions_are_never_read(backend, dim):
+    """nan and inf where the mask is 0 change no value and no gradient (whose entries there are 0)."""
+    x, mask = torch.randn(5, 9), torch.rand(5, 9) < 0.6
+    garbage = leaf(x.masked_fill(~mask, float("nan")).masked_fill(~mask & (torch.rand(5, 9) < 0.5), float("inf")),
+                   backend.device)
+    got = ops.masked_mean(garbage, mask.to(backend.device), dim)
+    (got * torch.randn(got.shape, device=backend.device)).sum().backward()
+    assert_close(got, reference.masked_mean(x.double(), mask, dim), atol=1e-5, what="mean")
+    assert torch.isfinite(garbage.grad).all() and (garbage.grad[~mask] == 0).all()
 
 
 def test_large_offset(backend):
@@ -84,4 +100,6 @@ def test_bad_inputs(backend):
 
 @pytest.mark.parametrize("view", [(1, 60, 1), (3, 4, 5)])
 def test_custom_op_registration(backend, view):
-    opcheck(backend, masked_mean_op, torch.randn(view, requires_grad=True), torch.rand(view) < 0.5)
+    for dim in (None, 1):
+        opcheck(backend, torch.ops.fastrlhf.masked_mean.default, torch.randn(view, requires_grad=True),
+                torch.rand(view) < 0.5, dim)

@@ -1,10 +1,9 @@
 import pytest
 import torch
 from helpers import assert_close
-from reduction_testing import DTYPES, many_programs, opcheck  # noqa: F401
+from reduction_testing import DTYPES, opcheck, triton_partials  # noqa: F401
 
 from fastrlhf import ops, reference
-from fastrlhf.ops.masked_whiten import _whiten as masked_whiten_op
 
 
 def check_against_reference(backend, x, mask, dtype=torch.float32, atol=2e-5, **options):
@@ -48,15 +47,36 @@ def test_degenerate_masks(backend, unbiased):
     check_against_reference(backend, x, one, unbiased=unbiased, shift_mean=False)
 
 
+def test_masked_out_positions_are_never_read(backend):
+    x, mask = torch.randn(4, 11), torch.rand(4, 11) < 0.7
+    garbage = x.masked_fill(~mask, float("inf")).masked_fill(~mask & (torch.rand(4, 11) < 0.5), float("nan"))
+    got = ops.masked_whiten(garbage.to(backend.device), mask.to(backend.device), unbiased=True)
+    assert_close(got, reference.masked_whiten(x.double(), mask, unbiased=True), atol=2e-5, what="whitened")
+
+
 def test_eps_and_constant_values(backend):
     x = torch.full((2, 9), 3.0)
     check_against_reference(backend, x, torch.rand(2, 9) < 0.5, eps=1e-2, shift_mean=False)
 
 
-def test_partials_path(many_programs):
-    shape = (3, 5, 7) if many_programs.name == "triton" else (4, 50, 1000)
+def test_triton_partials_path(triton_partials):
     for unbiased in (False, True):
-        check_against_reference(many_programs, torch.randn(shape) * 4 - 7, torch.rand(shape) < 0.7, unbiased=unbiased)
+        check_against_reference(triton_partials, torch.randn(3, 5, 7) * 4 - 7, torch.rand(3, 5, 7) < 0.7,
+                                unbiased=unbiased)
+
+
+def test_several_chunks(backend):
+    """More elements than one C++ thread chunk (2^15) or one Triton block: moments merged (Chan)."""
+    for unbiased in (False, True):
+        check_against_reference(backend, torch.randn(4, 50, 1000) * 4 - 7, torch.rand(4, 50, 1000) < 0.7,
+                                unbiased=unbiased)
+
+
+@pytest.mark.parametrize("scale", [1e15, 1e30, 1e37])
+def test_huge_values(backend, scale):
+    """|x - mean| past 1e19: M2 overflows float32, not the whitened values (values near 1e30 gave nan)."""
+    for x in (scale * torch.randn(6, 50), scale * (1 + 0.01 * torch.randn(6, 50))):
+        check_against_reference(backend, x, torch.rand(6, 50) < 0.8, atol=1e-5)
 
 
 def test_noncontiguous_float_mask_and_no_gradient(backend):
@@ -84,4 +104,5 @@ def test_bad_inputs(backend):
 
 
 def test_custom_op_registration(backend):
-    opcheck(backend, masked_whiten_op, torch.randn(40), torch.rand(40) < 0.5, False, True, 1e-6)
+    opcheck(backend, torch.ops.fastrlhf.masked_whiten.default, torch.randn(5, 8), torch.rand(5, 8) < 0.5, False, True,
+            1e-6)

@@ -3,19 +3,18 @@ import torch
 from helpers import random_mask
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from reduction_testing import (DTYPES, check_loss, check_only_first_input_gets_gradient, dyadic,  # noqa: F401
-                               many_programs, opcheck)
+from reduction_testing import (DTYPES, check_loss, check_only_first_input_gets_gradient, opcheck,  # noqa: F401
+                               triton_partials)
 
 from fastrlhf import ops, reference
-from fastrlhf.ops.ppo_value_loss import _forward as value_loss_op
 
 REDUCTIONS = reference.REDUCTIONS
 
 
 def value_inputs(shape, spread=0.5):
     """values, old_values (moves up to +-spread: many beyond clip_eps) and returns."""
-    values = dyadic(shape, 2.0)
-    return [values, values - dyadic(shape, spread), dyadic(shape, 2.0)]
+    values = 2 * torch.randn(shape)
+    return [values, values - spread * (2 * torch.rand(shape) - 1), 2 * torch.randn(shape)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -40,8 +39,7 @@ def test_inside_the_clip_range_nothing_is_clipped(backend):
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(rows=st.integers(1, 6), tokens=st.integers(1, 40), keep=st.floats(0.0, 1.0), empty_rows=st.integers(0, 3),
-       # half-way between the 1/64 steps of the data: |values - old_values| never ties with clip_eps
-       clip_eps=st.none() | st.integers(2, 64).map(lambda k: (k + 0.5) / 64), reduction=st.sampled_from(REDUCTIONS), seed=st.integers(0, 2**31))
+       clip_eps=st.none() | st.floats(0.01, 1.0), reduction=st.sampled_from(REDUCTIONS), seed=st.integers(0, 2**31))
 def test_property(backend, rows, tokens, keep, empty_rows, clip_eps, reduction, seed):
     torch.manual_seed(seed)
     shape = (rows, tokens)
@@ -73,16 +71,15 @@ def test_noncontiguous(backend):
 
 @pytest.mark.parametrize("garbage", [float("nan"), float("inf")])
 def test_garbage_at_masked_tokens_does_not_leak(backend, garbage):
-    if backend.name == "reference":
-        pytest.skip("the reference multiplies by the mask: nan * 0 is nan")
     shape = (3, 12)
     check_loss(backend, ops.ppo_value_loss, value_inputs(shape), random_mask(shape), garbage=garbage)
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
-def test_partials_path(many_programs, reduction):
+def test_triton_partials_path(triton_partials, reduction):
+    """Many programs writing row partials, then the one-program finalize."""
     shape = (9, 21)
-    check_loss(many_programs, ops.ppo_value_loss, value_inputs(shape), random_mask(shape, empty_rows=3),
+    check_loss(triton_partials, ops.ppo_value_loss, value_inputs(shape), random_mask(shape, empty_rows=3),
                reduction=reduction)
 
 
@@ -113,4 +110,5 @@ def test_bad_inputs(backend):
 
 def test_custom_op_registration(backend):
     inputs = [t.requires_grad_() if i == 0 else t for i, t in enumerate(value_inputs((3, 7)))]
-    opcheck(backend, value_loss_op, *inputs, random_mask((3, 7)), 0.2, "token_mean")
+    opcheck(backend, torch.ops.fastrlhf.ppo_value_loss.default, *inputs, random_mask((3, 7)), 0.2,
+            REDUCTIONS.index("token_mean"))

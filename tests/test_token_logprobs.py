@@ -1,6 +1,7 @@
 import pytest
 import torch
 from helpers import assert_close, assert_grad_close, leaf
+from reduction_testing import opcheck
 
 from fastrlhf import ops, reference
 
@@ -101,6 +102,93 @@ def test_only_one_output_used(backend):
         assert_grad_close(x.grad, y.grad, torch.float32)
 
 
+def test_strided_and_narrow_labels(backend):
+    """A strided 1-D labels view (read as if contiguous by Triton once) and labels of any integer dtype."""
+    logits = torch.randn(6, 13)
+    for labels in (torch.randint(0, 13, (12,))[::2], torch.randint(0, 13, (6,), dtype=torch.uint8),
+                   torch.randint(0, 13, (6,), dtype=torch.int16), torch.randint(0, 13, (6,), dtype=torch.int32)):
+        got = ops.token_logprobs(logits.to(backend.device), labels.to(backend.device))
+        assert_close(got, reference.token_logprobs(logits.double(), labels.long()), atol=1e-5, what=str(labels.dtype))
+
+
+def test_unit_vocabulary_with_any_stride(backend):
+    """V = 1 logits whose last stride is not 1 (a column of a wider tensor): valid, log-prob 0."""
+    logits = torch.randn(4, 3, 5).transpose(-1, -2)[..., 1:2]
+    assert logits.stride(-1) != 1
+    check_against_reference(backend, logits, torch.zeros(4, 5, dtype=torch.long), torch.float32)
+
+
+@pytest.mark.parametrize("temperature", [1e-3, 1e-25])
+def test_low_temperature_is_stable(backend, temperature):
+    """A peaked row: the label's gradient 1 - p is ~exp(-19370) at T = 1e-3, i.e. 0 (the C++ kernel once
+    gave 0.343: 1 - p's rounding error times 1/T); T = 1e-25 stays finite (it once gave inf and nan)."""
+    x = leaf(torch.tensor([[19.37, 0.0, -5.1]]), backend.device)
+    logprobs, entropy = ops.token_logprobs(x, torch.tensor([0], device=backend.device), temperature=temperature,
+                                           return_entropy=True)
+    (logprobs.sum() + entropy.sum()).backward()
+    assert logprobs.item() == 0 and entropy.item() == 0
+    assert (x.grad == 0).all(), x.grad
+
+
+@pytest.mark.parametrize("temperature, scale", [(0.05, 1.0), (1.0, 100.0), (0.3, 30.0)])
+def test_sharp_distributions(backend, temperature, scale):
+    """logits / temperature spanning hundreds: gradients as accurate as at T = 1 (eager float32 is exact
+    here; the kernels were off by up to 2.4e-4 relative)."""
+    shape = (3, 4, 257)
+    check_against_reference(backend, torch.randn(shape) * scale, random_labels(shape[:-1], shape[-1]), torch.float32,
+                            temperature=temperature)
+
+
+def test_ignored_rows_are_never_read(backend):
+    """nan and inf in the logits of ignored rows change no value and no gradient."""
+    logits, labels = torch.randn(2, 5, 31), random_labels((2, 5), 31)
+    garbage = logits.clone()
+    garbage[labels == -100] = float("nan")
+    garbage[0, 1, 3] = float("inf")
+    x = leaf(garbage, backend.device)
+    got = ops.token_logprobs(x, labels.to(backend.device), return_entropy=True)
+    (got[0].sum() + got[1].sum()).backward()
+    want = reference.token_logprobs(logits.double(), labels, return_entropy=True)
+    for g, w in zip(got, want):
+        assert_close(g, w, atol=1e-5, what="outputs")
+    assert (x.grad[labels == -100] == 0).all() and torch.isfinite(x.grad).all()
+
+
+def test_registered_ops_validate_their_inputs(backend):
+    """torch.ops.fastrlhf.token_logprobs(_backward) called directly: bad shapes and dtypes raise (never a
+    crash or garbage); out-of-range labels raise where the C++ kernels read them."""
+    if backend.name == "reference":
+        pytest.skip("the reference backend calls no registered op")
+    d = backend.device
+    forward, backward = torch.ops.fastrlhf.token_logprobs.default, torch.ops.fastrlhf.token_logprobs_backward.default
+    logits, labels = torch.randn(2, 3, 10, device=d), torch.randint(0, 10, (2, 3), device=d)
+    with pytest.raises((ValueError, TypeError), match="labels"):
+        forward(logits, labels[:, :2], 1.0, -100, False)
+    with pytest.raises((ValueError, TypeError), match="labels"):
+        forward(logits, labels.int(), 1.0, -100, False)
+    with pytest.raises((ValueError, TypeError), match="logits"):
+        forward(logits.double(), labels, 1.0, -100, False)
+    _, entropy, stats = forward(logits, labels, 1.0, -100, True)
+    with pytest.raises((ValueError, TypeError), match="labels"):
+        backward(logits, labels[:1], stats, entropy, None, None, 1.0, -100)
+    if backend.name == "cpp":
+        wrong = labels.clone()
+        wrong[1, 1] = 10**9
+        with pytest.raises(ValueError, match="labels must be in"):
+            forward(logits, wrong, 1.0, -100, False)
+        with pytest.raises(ValueError, match="labels must be in"):
+            backward(logits, wrong, stats, entropy, torch.ones(2, 3), None, 1.0, -100)
+        with pytest.raises(ValueError, match="stats"):
+            backward(logits, labels, stats[:1], entropy, torch.ones(2, 3), None, 1.0, -100)
+
+
+def test_custom_op_registration(backend):
+    logits = torch.randn(2, 3, 11, requires_grad=True)
+    labels = random_labels((2, 3), 11)
+    for with_entropy in (False, True):
+        opcheck(backend, torch.ops.fastrlhf.token_logprobs.default, logits, labels, 0.7, -100, with_entropy)
+
+
 def test_bad_inputs(backend):
     logits = torch.randn(2, 3, 10, device=backend.device)
     labels = torch.randint(0, 10, (2, 3), device=backend.device)
@@ -112,8 +200,9 @@ def test_bad_inputs(backend):
         ops.token_logprobs(logits, labels[:, :2])
     with pytest.raises(ValueError, match="labels is on"):
         ops.token_logprobs(logits, labels.to("meta"))
-    with pytest.raises(ValueError, match="temperature"):
-        ops.token_logprobs(logits, labels, temperature=0.0)
+    for temperature in (0.0, -1.0, float("inf"), float("nan"), 1e-39):
+        with pytest.raises(ValueError, match="temperature"):
+            ops.token_logprobs(logits, labels, temperature=temperature)
     with pytest.raises(ValueError, match="logits is empty"):
         ops.token_logprobs(logits[:0], labels[:0])
     if backend.device.type == "cpu":  # data checks run on CPU tensors always

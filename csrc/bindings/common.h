@@ -1,6 +1,8 @@
-// Helpers for the bindings: they check tensors, pick the storage type and split rows across threads.
+// Helpers for the registered ops' CPU kernels and autograd: contract checks that name the argument at
+// fault, the storage type of a dtype, and rows split across torch's thread pool.
 #pragma once
 
+#include <torch/csrc/autograd/functions/utils.h>
 #include <torch/extension.h>
 
 #include "cpu/numeric.h"
@@ -23,28 +25,34 @@ const T* data(const at::Tensor& t) { return reinterpret_cast<const T*>(t.data_pt
 template <typename T>
 T* mutable_data(at::Tensor& t) { return reinterpret_cast<T*>(t.data_ptr()); }
 
-inline void check_cpu(const at::Tensor& t, const char* name) {
-  TORCH_CHECK_VALUE(t.device().is_cpu(), name, " must be a CPU tensor, got one on ", t.device());
-}
+// A float32, bfloat16 or float16 CPU tensor with at least one element.
+void check_float(const at::Tensor& t, const char* name);
 
-// A [B, T, V] tensor whose rows are contiguous, read through Rows<T>.
-template <typename T>
-Rows<T> rows_of(const at::Tensor& t, const char* name) {
-  check_cpu(t, name);
-  TORCH_CHECK_VALUE(t.dim() == 3 && t.stride(2) == 1, name, " must be a [B, T, V] view with a contiguous last dim");
-  return Rows<T>{data<T>(t), t.size(1), t.stride(0), t.stride(1)};
-}
+// t has the shape and dtype of `like` (a tensor checked by check_float).
+void check_like(const at::Tensor& t, const char* name, const at::Tensor& like, const char* like_name);
 
-// float32, contiguous, on CPU: the small per-token inputs are converted once here.
-inline at::Tensor contiguous_float(const at::Tensor& t, const char* name) {
-  check_cpu(t, name);
-  return t.to(at::kFloat).contiguous();
-}
+// The mask, shaped like `like`, as the kernels read it: contiguous bool. A mask of numbers is converted
+// in one pass that also checks it holds only 0 and 1 (a 0.5 would be read as "kept", not as a weight).
+at::Tensor kept_mask(const at::Tensor& mask, const at::Tensor& like, const char* like_name);
 
-// Runs fn(begin, end) over [0, n) on torch's thread pool, in chunks of about `grain` items.
+// A float CPU tensor of `shape` (gradients and saved statistics), converted to contiguous float32.
+at::Tensor float_of_shape(const at::Tensor& t, const char* name, at::IntArrayRef shape);
+
+// The size of the last (time) dim of a tensor with at least one dim.
+int64_t time_length(const at::Tensor& t, const char* name);
+
+// Runs fn(begin, end) over [0, n) on torch's thread pool, in chunks of about `grain` items. Small
+// inputs (n <= grain) run inline on the calling thread: no pool wake-up.
 template <typename F>
 void parallel_rows(int64_t n, int64_t grain, const F& fn) {
   at::parallel_for(0, n, std::max<int64_t>(grain, 1), fn);
+}
+
+// The registered op fastrlhf::name, called through the dispatcher (so that each device runs its own
+// kernel: the C++ one on CPU, the Triton one on CUDA).
+template <typename Signature>
+c10::TypedOperatorHandle<Signature> registered_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
 }
 
 }  // namespace fastrlhf

@@ -1,3 +1,6 @@
+// fastrlhf::gae: the CPU kernel (cpu/gae.h). No gradient: autograd falls through to the kernel.
+#include <atomic>
+
 #include "bindings/common.h"
 #include "cpu/gae.h"
 
@@ -6,34 +9,44 @@ namespace {
 
 constexpr int64_t kGrainElements = 1 << 14;  // tokens per thread chunk, at least
 
-std::tuple<at::Tensor, at::Tensor> gae_rows(const at::Tensor& rewards, const at::Tensor& values, const at::Tensor& mask,
-                                            double gamma, double lam) {
-  check_cpu(rewards, "rewards");
-  check_cpu(values, "values");
-  check_cpu(mask, "mask");
-  TORCH_CHECK_VALUE(rewards.dim() == 2 && rewards.is_contiguous(), "rewards must be a contiguous [R, T] tensor");
-  TORCH_CHECK_VALUE(values.sizes() == rewards.sizes() && values.is_contiguous() && mask.sizes() == rewards.sizes() &&
-                        mask.is_contiguous(), "values and mask must be contiguous with the shape of rewards");
-  TORCH_CHECK_TYPE(values.scalar_type() == rewards.scalar_type(), "values must have the dtype of rewards");
-  TORCH_CHECK_TYPE(mask.scalar_type() == at::kBool, "mask must be bool");
-  const int64_t rows = rewards.size(0), length = rewards.size(1);
-  auto advantages = at::empty({rows, length}, rewards.options().dtype(at::kFloat));
-  auto returns = at::empty_like(advantages);
+// After the kernel found a non-finite advantage: which input is at fault (NaN or inf at a masked
+// position), else the recurrence overflowed float32.
+void explain_non_finite(const at::Tensor& rewards, const at::Tensor& values, const at::Tensor& mask) {
+  for (const auto& [t, name] : {std::pair{rewards, "rewards"}, std::pair{values, "values"}}) {
+    TORCH_CHECK_VALUE(at::where(mask, t, 0).isfinite().all().item<bool>(), name,
+                      " contains NaN or inf at a masked position");
+  }
+  TORCH_CHECK_VALUE(false, "the advantages overflow float32: rewards or values are too large");
+}
+
+std::tuple<at::Tensor, at::Tensor> gae_cpu(const at::Tensor& rewards, const at::Tensor& values, const at::Tensor& mask,
+                                           double gamma, double lam) {
+  check_float(rewards, "rewards");
+  check_like(values, "values", rewards, "rewards");
+  const int64_t length = time_length(rewards, "rewards");
+  TORCH_CHECK_VALUE(gamma >= 0 && gamma <= 1, "gamma must be in [0, 1], got ", gamma);
+  TORCH_CHECK_VALUE(lam >= 0 && lam <= 1, "lam must be in [0, 1], got ", lam);
+  const at::Tensor r = rewards.contiguous(), v = values.contiguous(), m = kept_mask(mask, rewards, "rewards");
+  const auto options = rewards.options().dtype(at::kFloat).memory_format(at::MemoryFormat::Contiguous);
+  auto advantages = at::empty(rewards.sizes(), options), returns = at::empty(rewards.sizes(), options);
+  std::atomic<bool> finite{true};
   dispatch_storage(rewards.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
-    parallel_rows(rows, kGrainElements / std::max<int64_t>(length, 1), [&](int64_t begin, int64_t end) {
-      gae<T>(data<T>(rewards), data<T>(values), mask.data_ptr<bool>(), length, float(gamma), float(lam), begin, end,
-             advantages.data_ptr<float>(), returns.data_ptr<float>());
+    parallel_rows(r.numel() / length, kGrainElements / length, [&](int64_t begin, int64_t end) {
+      if (!gae<T>(data<T>(r), data<T>(v), m.data_ptr<bool>(), length, float(gamma), float(lam), begin, end,
+                  advantages.data_ptr<float>(), returns.data_ptr<float>())) {
+        finite = false;
+      }
     });
   });
+  if (!finite) explain_non_finite(r, v, m);
   return {advantages, returns};
 }
 
 }  // namespace
 
-void bind_gae(pybind11::module_& m) {
-  m.def("gae", &gae_rows, "(advantages, returns) of [R, T] rewards and values",
-        pybind11::call_guard<pybind11::gil_scoped_release>());
-}
+TORCH_LIBRARY_IMPL(fastrlhf, CPU, m) { m.impl("gae", &gae_cpu); }
+
+TORCH_LIBRARY_IMPL(fastrlhf, Autograd, m) { m.impl("gae", torch::CppFunction::makeFallthrough()); }
 
 }  // namespace fastrlhf

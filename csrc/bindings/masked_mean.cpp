@@ -1,55 +1,118 @@
+// fastrlhf::masked_mean and its backward: the CPU kernels (cpu/masked_mean.h, and masked_moments of
+// cpu/masked_reduction.h for the whole tensor) and the autograd that serves every device.
 #include "bindings/masked_reduction.h"
 #include "cpu/masked_mean.h"
 
 namespace fastrlhf {
 namespace {
 
-// x [outer, D, inner] -> (mean, inv_count) float32 [outer, inner]; see kernels/masked_mean.py.
-std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& x, const at::Tensor& mask) {
-  check_input(x, "x", x);
-  TORCH_CHECK_VALUE(x.dim() == 3, "x must be a [outer, D, inner] view");
-  const uint8_t* m = mask_data(mask, x);
-  const int64_t outer = x.size(0), reduced = x.size(1), inner = x.size(2);
-  auto mean = at::empty({outer, inner}, x.options().dtype(at::kFloat)), inv_count = at::empty_like(mean);
-  if (outer * inner == 1) {  // everything: the moments, in parallel over chunks
-    const Moments moments = moments_of(x, mask);
-    mean.fill_(moments.mean);
-    inv_count.fill_(1.0 / std::max(moments.count, 1.0));
+// x viewed as [outer, D, inner] with D the reduced dim (everything: [1, N, 1]), and the mean's shape.
+struct Lines {
+  int64_t outer, reduced, inner;
+  std::vector<int64_t> mean_shape;
+};
+
+Lines lines_of(at::IntArrayRef sizes, std::optional<int64_t> dim) {
+  const int64_t numel = c10::multiply_integers(sizes);
+  if (!dim || sizes.empty()) return {1, numel, 1, {}};
+  const int64_t d = at::maybe_wrap_dim(*dim, int64_t(sizes.size()));
+  std::vector<int64_t> mean_shape = sizes.vec();
+  mean_shape.erase(mean_shape.begin() + d);
+  const int64_t outer = c10::multiply_integers(sizes.slice(0, d));
+  return {outer, sizes[d], numel / (outer * std::max<int64_t>(sizes[d], 1)), mean_shape};
+}
+
+std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& x, const at::Tensor& mask,
+                                               std::optional<int64_t> dim) {
+  check_float(x, "x");
+  const Lines lines = lines_of(x.sizes(), dim);
+  const at::Tensor values = x.contiguous(), kept = kept_mask(mask, x, "x");
+  const auto options = x.options().dtype(at::kFloat).memory_format(at::MemoryFormat::Contiguous);
+  auto mean = at::empty(lines.mean_shape, options), inv_count = at::empty(lines.mean_shape, options);
+  if (lines.outer * lines.inner == 1) {  // everything: the moments, in parallel over chunks
+    const Moments moments = moments_of(values, kept);
+    *mean.data_ptr<float>() = float(moments.mean);
+    *inv_count.data_ptr<float>() = float(1.0 / std::max(moments.count, 1.0));
     return {mean, inv_count};
   }
   dispatch_storage(x.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
-    parallel_rows(outer, kGrainTokens / std::max<int64_t>(reduced * inner, 1), [&](int64_t begin, int64_t end) {
-      masked_mean_lines<T>(data<T>(x), m, reduced, inner, begin, end, mean.data_ptr<float>(),
-                           inv_count.data_ptr<float>());
+    parallel_rows(lines.outer, kGrainTokens / (lines.reduced * lines.inner), [&](int64_t begin, int64_t end) {
+      masked_mean_lines<T>(data<T>(values), data<uint8_t>(kept), lines.reduced, lines.inner, begin, end,
+                           mean.data_ptr<float>(), inv_count.data_ptr<float>());
     });
   });
   return {mean, inv_count};
 }
 
-at::Tensor backward(const at::Tensor& grad, const at::Tensor& inv_count, const at::Tensor& mask, at::ScalarType dtype) {
-  TORCH_CHECK_VALUE(mask.dim() == 3, "mask must be a [outer, D, inner] view");
-  const int64_t outer = mask.size(0), reduced = mask.size(1), inner = mask.size(2);
-  auto g = contiguous_float(grad, "grad"), inv = contiguous_float(inv_count, "inv_count");
-  TORCH_CHECK_VALUE(g.numel() == outer * inner && inv.numel() == outer * inner, "grad and inv_count must be [outer, inner]");
-  auto grad_x = at::empty(mask.sizes(), mask.options().dtype(dtype));
-  const uint8_t* m = mask_data(mask, mask);
+at::Tensor backward_cpu(const at::Tensor& grad, const at::Tensor& inv_count, const at::Tensor& mask,
+                        std::optional<int64_t> dim, at::ScalarType dtype) {
+  TORCH_CHECK_VALUE(mask.numel() > 0, "mask is empty");
+  const Lines lines = lines_of(mask.sizes(), dim);
+  const at::Tensor g = float_of_shape(grad, "grad", lines.mean_shape);
+  const at::Tensor inv = float_of_shape(inv_count, "inv_count", lines.mean_shape), kept = kept_mask(mask, mask, "mask");
+  auto grad_x = at::empty(mask.sizes(), mask.options().dtype(dtype).memory_format(at::MemoryFormat::Contiguous));
   dispatch_storage(dtype, [&](auto tag) {
     using T = decltype(tag);
-    parallel_rows(outer * reduced, kGrainTokens / std::max<int64_t>(inner, 1), [&](int64_t begin, int64_t end) {
-      masked_mean_backward<T>(g.data_ptr<float>(), inv.data_ptr<float>(), m, reduced, inner, begin, end,
-                              mutable_data<T>(grad_x));
+    parallel_rows(lines.outer * lines.reduced, kGrainTokens / lines.inner, [&](int64_t begin, int64_t end) {
+      masked_mean_backward<T>(g.data_ptr<float>(), inv.data_ptr<float>(), data<uint8_t>(kept), lines.reduced,
+                              lines.inner, begin, end, mutable_data<T>(grad_x));
     });
   });
   return grad_x;
 }
 
+// The kernel for the inputs' device, below autograd.
+std::tuple<at::Tensor, at::Tensor> device_kernel(const at::Tensor& x, const at::Tensor& mask,
+                                                 std::optional<int64_t> dim) {
+  static const auto op = registered_op<decltype(forward_cpu)>("fastrlhf::masked_mean");
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  return op.call(x, mask, dim);
+}
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+class MaskedMean : public torch::autograd::Function<MaskedMean> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& mask,
+                               std::optional<int64_t> dim) {
+    auto [mean, inv_count] = device_kernel(x, mask, dim);
+    ctx->save_for_backward({inv_count, mask});
+    ctx->saved_data["dim"] = dim;
+    ctx->saved_data["dtype"] = x.scalar_type();
+    ctx->mark_non_differentiable({inv_count});
+    ctx->set_materialize_grads(false);
+    return {mean, inv_count};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op = registered_op<decltype(backward_cpu)>("fastrlhf::masked_mean_backward");
+    at::Tensor grad_x;
+    if (grads[0].defined()) {
+      const variable_list saved = ctx->get_saved_variables();
+      grad_x = op.call(grads[0], saved[0], saved[1], ctx->saved_data["dim"].toOptional<int64_t>(),
+                       ctx->saved_data["dtype"].toScalarType());
+    }
+    return {grad_x, at::Tensor(), at::Tensor()};
+  }
+};
+
+// Nothing to record (x needs no grad, or grad mode is off): the kernel alone, without a node.
+std::tuple<at::Tensor, at::Tensor> forward_autograd(const at::Tensor& x, const at::Tensor& mask,
+                                                    std::optional<int64_t> dim) {
+  if (!torch::autograd::compute_requires_grad(x)) return device_kernel(x, mask, dim);
+  auto outputs = MaskedMean::apply(x, mask, dim);
+  return {outputs[0], outputs[1]};
+}
+
 }  // namespace
 
-void bind_masked_mean(pybind11::module_& m) {
-  m.def("masked_mean_forward", &forward, "masked mean of [outer, D, inner] x along D",
-        pybind11::call_guard<pybind11::gil_scoped_release>());
-  m.def("masked_mean_backward", &backward, "grad_x of masked_mean", pybind11::call_guard<pybind11::gil_scoped_release>());
+TORCH_LIBRARY_IMPL(fastrlhf, CPU, m) {
+  m.impl("masked_mean", &forward_cpu);
+  m.impl("masked_mean_backward", &backward_cpu);
 }
+
+TORCH_LIBRARY_IMPL(fastrlhf, Autograd, m) { m.impl("masked_mean", &forward_autograd); }
 
 }  // namespace fastrlhf

@@ -1,32 +1,12 @@
+// fastrlhf::ppo_loss_backward (the backward of both losses) and the helpers of masked_reduction.h.
 #include "bindings/masked_reduction.h"
 
 #include <vector>
 
 namespace fastrlhf {
 
-const uint8_t* mask_data(const at::Tensor& mask, const at::Tensor& like) {
-  check_cpu(mask, "mask");
-  TORCH_CHECK_VALUE(mask.scalar_type() == at::kBool && mask.is_contiguous() && mask.sizes() == like.sizes(),
-                    "mask must be a contiguous bool tensor shaped like the input");
-  return data<uint8_t>(mask);
-}
-
-void check_input(const at::Tensor& t, const char* name, const at::Tensor& like) {
-  check_cpu(t, name);
-  TORCH_CHECK_VALUE(t.is_contiguous() && t.sizes() == like.sizes() && t.scalar_type() == like.scalar_type(), name,
-                    " must be contiguous, with the shape and dtype of the first input");
-}
-
-Reduction parse_reduction(const std::string& reduction) {
-  if (reduction == "token_mean") return Reduction::kTokenMean;
-  if (reduction == "seq_mean_token_mean") return Reduction::kSeqMeanTokenMean;
-  TORCH_CHECK_VALUE(reduction == "seq_mean_token_sum", "unknown reduction ", reduction);
-  return Reduction::kSeqMeanTokenSum;
-}
-
 Moments moments_of(const at::Tensor& x, const at::Tensor& mask) {
-  check_input(x, "x", x);
-  const uint8_t* m = mask_data(mask, x);
+  const uint8_t* m = data<uint8_t>(mask);
   const int64_t n = x.numel(), chunks = (n + kGrainTokens - 1) / kGrainTokens;
   std::vector<Moments> partials(chunks);
   dispatch_storage(x.scalar_type(), [&](auto tag) {
@@ -42,22 +22,43 @@ Moments moments_of(const at::Tensor& x, const at::Tensor& mask) {
   return total;
 }
 
+int64_t check_loss_inputs(const at::Tensor& input, const char* name, const at::Tensor& old, const char* old_name,
+                          const at::Tensor& other, const char* other_name, int64_t reduction) {
+  check_float(input, name);
+  check_like(old, old_name, input, name);
+  check_like(other, other_name, input, name);
+  TORCH_CHECK_VALUE(reduction >= 0 && reduction <= int64_t(Reduction::kSeqMeanTokenSum),
+                    "reduction must be a code in [0, 2], got ", reduction);
+  return time_length(input, name);
+}
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+variable_list save_loss_outputs(AutogradContext* ctx, const at::Tensor& input, const LossOutputs& outputs) {
+  const auto& [loss, stats, token_grad, row_scale] = outputs;
+  ctx->save_for_backward({token_grad, row_scale});
+  ctx->saved_data["dtype"] = input.scalar_type();
+  ctx->mark_non_differentiable({stats, token_grad, row_scale});
+  ctx->set_materialize_grads(false);  // no zero tensors for the outputs without gradient
+  return {loss, stats, token_grad, row_scale};
+}
+
 namespace {
 
-at::Tensor loss_backward_tensor(const at::Tensor& grad_loss, const at::Tensor& token_grad, const at::Tensor& row_scale,
-                                at::ScalarType dtype) {
-  check_cpu(token_grad, "token_grad");
-  TORCH_CHECK_VALUE(token_grad.dim() == 2 && token_grad.is_contiguous() && token_grad.scalar_type() == at::kFloat &&
-                        row_scale.numel() == token_grad.size(0),
-                    "token_grad must be contiguous float32 [R, T] with row_scale [R]");
-  const int64_t rows = token_grad.size(0), tokens = token_grad.size(1);
-  const float g = grad_loss.item<float>();  // a CPU scalar: no device sync
-  auto row_scale_f = contiguous_float(row_scale, "row_scale");
-  auto grad = at::empty({rows, tokens}, token_grad.options().dtype(dtype));
+at::Tensor loss_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& token_grad, const at::Tensor& row_scale,
+                             at::ScalarType dtype) {
+  TORCH_CHECK_VALUE(token_grad.device().is_cpu() && token_grad.scalar_type() == at::kFloat && token_grad.numel() > 0,
+                    "token_grad must be a float32 CPU tensor [..., T]");
+  const int64_t tokens = time_length(token_grad, "token_grad"), rows = token_grad.numel() / tokens;
+  const float g = float_of_shape(grad_loss, "grad_loss", {}).item<float>();  // a CPU scalar: no device sync
+  const at::Tensor grad_rows = token_grad.contiguous(), scale = float_of_shape(row_scale, "row_scale", {rows});
+  auto grad = at::empty(token_grad.sizes(),
+                        token_grad.options().dtype(dtype).memory_format(at::MemoryFormat::Contiguous));
   dispatch_storage(dtype, [&](auto tag) {
     using T = decltype(tag);
-    parallel_rows(rows, kGrainTokens / std::max<int64_t>(tokens, 1), [&](int64_t begin, int64_t end) {
-      loss_backward<T>(g, token_grad.data_ptr<float>(), row_scale_f.data_ptr<float>(), tokens, begin, end,
+    parallel_rows(rows, kGrainTokens / tokens, [&](int64_t begin, int64_t end) {
+      loss_backward<T>(g, grad_rows.data_ptr<float>(), scale.data_ptr<float>(), tokens, begin, end,
                        mutable_data<T>(grad));
     });
   });
@@ -66,9 +67,16 @@ at::Tensor loss_backward_tensor(const at::Tensor& grad_loss, const at::Tensor& t
 
 }  // namespace
 
-void bind_masked_reduction(pybind11::module_& m) {
-  m.def("ppo_loss_backward", &loss_backward_tensor, "grad_input = grad_loss * token_grad * row_scale[row]",
-        pybind11::call_guard<pybind11::gil_scoped_release>());
+variable_list loss_backward(AutogradContext* ctx, const variable_list& grads, size_t n_inputs) {
+  static const auto op = registered_op<decltype(loss_backward_cpu)>("fastrlhf::ppo_loss_backward");
+  variable_list result(n_inputs);  // only the first input (logprobs, values) gets a gradient
+  if (grads[0].defined()) {
+    const variable_list saved = ctx->get_saved_variables();
+    result[0] = op.call(grads[0], saved[0], saved[1], ctx->saved_data["dtype"].toScalarType());
+  }
+  return result;
 }
+
+TORCH_LIBRARY_IMPL(fastrlhf, CPU, m) { m.impl("ppo_loss_backward", &loss_backward_cpu); }
 
 }  // namespace fastrlhf

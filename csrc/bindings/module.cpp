@@ -1,27 +1,43 @@
-// fastrlhf._C: the CPU kernels of every op (and CUDA kernels where Triton is the wrong tool).
+// fastrlhf._C: every op's schema (below), its CPU kernels and its autograd (csrc/bindings/<op>.cpp).
+// Importing the module registers them as torch.ops.fastrlhf.<op>; fastrlhf/ops registers the Triton
+// kernels for CUDA and the fake kernels for torch.compile. Each schema takes the op's tensors in their
+// natural shapes and strides (the kernels make them contiguous), float tensors of one dtype, masks as
+// bool, labels as int64, string options as integer codes (fastrlhf/codes.py) and "none" as inf.
 #include "bindings/common.h"
 
-namespace fastrlhf {
-void bind_token_logprobs(pybind11::module_& m);
-void bind_kl_penalty(pybind11::module_& m);
-void bind_gae(pybind11::module_& m);
-void bind_kl_shaped_rewards(pybind11::module_& m);
-void bind_masked_reduction(pybind11::module_& m);
-void bind_masked_mean(pybind11::module_& m);
-void bind_masked_whiten(pybind11::module_& m);
-void bind_ppo_policy_loss(pybind11::module_& m);
-void bind_ppo_value_loss(pybind11::module_& m);
-}  // namespace fastrlhf
+TORCH_LIBRARY(fastrlhf, m) {
+  const std::vector<at::Tag> tags = {at::Tag::pt2_compliant_tag};
+  // logits [..., V], labels [...] -> logprobs [...], entropy [...] (or [0] without it), stats [..., 2]
+  // (per row: the max logit and the log of the shifted exp sum, what the backward needs).
+  m.def("token_logprobs(Tensor logits, Tensor labels, float temperature, int ignore_index, bool with_entropy)"
+        " -> (Tensor logprobs, Tensor entropy, Tensor stats)", tags);
+  m.def("token_logprobs_backward(Tensor logits, Tensor labels, Tensor stats, Tensor entropy, Tensor? grad_logprobs,"
+        " Tensor? grad_entropy, float temperature, int ignore_index) -> Tensor", tags);
+  // estimator: a code of KL_ESTIMATORS; clamp: inf for none. The backward skips an unneeded gradient ([0]).
+  m.def("kl_penalty(Tensor logprobs, Tensor ref_logprobs, int estimator, float clamp) -> Tensor", tags);
+  m.def("kl_penalty_backward(Tensor logprobs, Tensor ref_logprobs, Tensor grad_kl, int estimator, float clamp,"
+        " bool need_logprobs, bool need_ref) -> (Tensor grad_logprobs, Tensor grad_ref_logprobs)", tags);
+  // No gradient.
+  m.def("gae(Tensor rewards, Tensor values, Tensor mask, float gamma, float lam) -> (Tensor advantages,"
+        " Tensor returns)", tags);
+  // scores [...], kl and mask [..., T]; score_clip: inf for none. No gradient.
+  m.def("kl_shaped_rewards(Tensor scores, Tensor kl, Tensor mask, float kl_coef, float score_clip) -> Tensor", tags);
+  // dim: None reduces everything; inv_count = 1 / max(count, 1) is what the backward needs.
+  m.def("masked_mean(Tensor x, Tensor mask, int? dim) -> (Tensor mean, Tensor inv_count)", tags);
+  m.def("masked_mean_backward(Tensor grad, Tensor inv_count, Tensor mask, int? dim, ScalarType dtype) -> Tensor", tags);
+  // No gradient.
+  m.def("masked_whiten(Tensor x, Tensor mask, bool shift_mean, bool unbiased, float eps) -> Tensor", tags);
+  // The losses over [..., T] tokens: (loss, stats, token_grad, row_scale); the backward of both is
+  // grad_input = grad_loss * token_grad * row_scale[row] (kernels/_masked_reduction.py). dual_clip and
+  // clip_eps: inf for none; reduction: a code of REDUCTIONS.
+  m.def("ppo_policy_loss(Tensor logprobs, Tensor old_logprobs, Tensor advantages, Tensor mask, float clip_eps,"
+        " float clip_eps_high, float dual_clip, int reduction) -> (Tensor loss, Tensor stats, Tensor token_grad,"
+        " Tensor row_scale)", tags);
+  m.def("ppo_value_loss(Tensor values, Tensor old_values, Tensor returns, Tensor mask, float clip_eps,"
+        " int reduction) -> (Tensor loss, Tensor stats, Tensor token_grad, Tensor row_scale)", tags);
+  m.def("ppo_loss_backward(Tensor grad_loss, Tensor token_grad, Tensor row_scale, ScalarType dtype) -> Tensor", tags);
+}
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "fastrlhf CPU kernels; the contract is in kernels/__init__.py";
-  fastrlhf::bind_token_logprobs(m);
-  fastrlhf::bind_kl_penalty(m);
-  fastrlhf::bind_gae(m);
-  fastrlhf::bind_kl_shaped_rewards(m);
-  fastrlhf::bind_masked_reduction(m);
-  fastrlhf::bind_masked_mean(m);
-  fastrlhf::bind_masked_whiten(m);
-  fastrlhf::bind_ppo_policy_loss(m);
-  fastrlhf::bind_ppo_value_loss(m);
+  m.doc() = "fastrlhf's registered ops (torch.ops.fastrlhf): schemas, CPU kernels, autograd";
 }

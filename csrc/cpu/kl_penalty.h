@@ -6,7 +6,7 @@
 
 namespace fastrlhf {
 
-// Estimator codes: indices into reference.KL_ESTIMATORS.
+// The codes of KL_ESTIMATORS in fastrlhf/codes.py (a name's index).
 enum KlEstimator : int { kK1 = 0, kK2 = 1, kK3 = 2, kAbs = 3 };
 
 // kl[i] = estimator(logprobs[i] - ref_logprobs[i]), clamped to [-clamp, clamp] (clamp = inf: none).

@@ -9,10 +9,10 @@ FASTRLHF_MULTIVERSION void kl_shaped_rewards(const float* scores, const T* kl, c
   for (int64_t row = row_begin; row < row_end; ++row) {
     const T* row_kl = kl + row * length;
     const bool* row_mask = mask + row * length;
-    const uint8_t* mask_bytes = reinterpret_cast<const uint8_t*>(row_mask);  // GCC vectorises no bool -> float
+    const uint8_t* mask_bytes = reinterpret_cast<const uint8_t*>(row_mask);  // bytes, as the other kernels read masks
     float* out = rewards + row * length;
 #pragma omp simd
-    for (int64_t t = 0; t < length; ++t) out[t] = -kl_coef * to_float(row_kl[t]) * float(mask_bytes[t]);
+    for (int64_t t = 0; t < length; ++t) out[t] = masked(mask_bytes[t], -kl_coef * to_float(row_kl[t]));
     int64_t last = length - 1;
     while (last >= 0 && !row_mask[last]) --last;
     if (last >= 0) {

@@ -15,27 +15,39 @@ Moments merge(const Moments& a, const Moments& b) {
   return {count, a.mean + delta * weight_b, a.m2 + b.m2 + delta * delta * a.count * weight_b};
 }
 
-// Per block: count and mean, then M2 about that mean (two passes, the second from L1), then Chan's merge.
+// count, mean and M2 of the masked x[i], i in [begin, end), accumulated in Acc: the mean first, then
+// M2 about it (two passes, the second from L1).
+template <typename Acc, typename T>
+Moments block_moments(const T* x, const uint8_t* mask, int64_t begin, int64_t end) {
+  Acc count = 0, sum = 0;
+#pragma omp simd reduction(+ : count, sum)
+  for (int64_t i = begin; i < end; ++i) {
+    count += masked(mask[i], 1.0f);
+    sum += masked(mask[i], to_float(x[i]));
+  }
+  if (count == 0) return {};
+  const Acc mean = sum / count;
+  Acc m2 = 0;
+#pragma omp simd reduction(+ : m2)
+  for (int64_t i = begin; i < end; ++i) {
+    const Acc d = Acc(to_float(x[i])) - mean;
+    m2 += masked(mask[i], d * d);
+  }
+  return {double(count), double(mean), double(m2)};
+}
+
+// Per block: the moments in float (float sums vectorise twice as wide), again in double where they
+// overflowed float (|x - mean| past ~1e19 squares past float's range), then Chan's merge in double.
 template <typename T>
 FASTRLHF_MULTIVERSION Moments masked_moments(const T* x, const uint8_t* mask, int64_t begin, int64_t end) {
   Moments total;
   for (int64_t block = begin; block < end; block += kMomentsBlock) {
     const int64_t block_end = std::min(end, block + kMomentsBlock);
-    float count = 0.0f, sum = 0.0f;
-#pragma omp simd reduction(+ : count, sum)
-    for (int64_t i = block; i < block_end; ++i) {
-      count += masked(mask[i], 1.0f);
-      sum += masked(mask[i], to_float(x[i]));
+    Moments moments = block_moments<float>(x, mask, block, block_end);
+    if (!std::isfinite(moments.mean) || !std::isfinite(moments.m2)) {
+      moments = block_moments<double>(x, mask, block, block_end);
     }
-    if (count == 0.0f) continue;
-    const float mean = sum / count;
-    float m2 = 0.0f;
-#pragma omp simd reduction(+ : m2)
-    for (int64_t i = block; i < block_end; ++i) {
-      const float d = to_float(x[i]) - mean;
-      m2 += masked(mask[i], d * d);
-    }
-    total = merge(total, {count, mean, m2});
+    total = merge(total, moments);
   }
   return total;
 }

@@ -9,10 +9,6 @@
 
 namespace fastrlhf {
 
-// x where keep, else 0, without a branch and nan-safe (unlike x * keep). GCC 12 turns `sum += keep ? x : 0`
-// in an omp simd reduction into a conditional add, which it does not vectorise; this it does.
-inline float masked(bool keep, float x) { return bits_to_float(float_to_bits(x) & (0u - uint32_t(keep))); }
-
 // By value: std::min / std::max return references, which GCC 12 turns into loads through a selected
 // address inside hot loops, and then does not vectorise them.
 inline float min_of(float a, float b) { return b < a ? b : a; }
@@ -31,7 +27,7 @@ Moments merge(const Moments& a, const Moments& b);
 template <typename T>
 Moments masked_moments(const T* x, const uint8_t* mask, int64_t begin, int64_t end);
 
-// In the order of reference.REDUCTIONS.
+// The codes of REDUCTIONS in fastrlhf/codes.py (a name's index).
 enum class Reduction { kTokenMean, kSeqMeanTokenMean, kSeqMeanTokenSum };
 
 // Row sums of a loss over [rows, tokens]: partials[k * rows + r] is, over the masked tokens of row r,

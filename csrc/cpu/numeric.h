@@ -27,6 +27,18 @@ inline float to_float(fp16 x) {
   return bits_to_float(sign | ((exponent + 112) << 23) | (mantissa << 13));
 }
 
+// x where keep, else 0, without a branch: a masked-out position is never read, so nan or inf there
+// cannot leak in (x * keep would give nan). GCC 12 turns `sum += keep ? x : 0` in an omp simd
+// reduction into a conditional add, which it does not vectorise; this it does.
+inline float masked(bool keep, float x) { return bits_to_float(float_to_bits(x) & (0u - uint32_t(keep))); }
+inline double masked(bool keep, double x) {
+  uint64_t u;
+  std::memcpy(&u, &x, 8);
+  u &= 0ull - uint64_t(keep);
+  std::memcpy(&x, &u, 8);
+  return x;
+}
+
 template <typename T> T from_float(float x);
 template <> inline float from_float<float>(float x) { return x; }
 template <> inline bf16 from_float<bf16>(float x) {  // round to nearest even

@@ -10,7 +10,7 @@ struct PolicyClip {
   float clip_eps, clip_eps_high, dual_clip;  // dual_clip = inf: no dual clip
 };
 
-constexpr int64_t kPolicyStats = 3;  // clip_frac, approx_kl, ratio_mean
+constexpr int64_t kPolicyStats = 3;  // len(POLICY_STATS) of fastrlhf/codes.py: clip_frac, approx_kl, ratio_mean
 
 // For rows [row_begin, row_end) of [rows, tokens] inputs: token_grad = d token loss / d logprobs
 // (0 where masked out) and the row sums partials[k * rows + r] (LossPartial order, then the stats).

@@ -6,7 +6,7 @@
 
 namespace fastrlhf {
 
-constexpr int64_t kValueStats = 1;  // clip_frac
+constexpr int64_t kValueStats = 1;  // len(VALUE_STATS) of fastrlhf/codes.py: clip_frac
 
 // For rows [row_begin, row_end) of [rows, tokens] inputs: token_grad = d token loss / d values
 // (0 where masked out) and the row sums partials[k * rows + r] (LossPartial order, then clip_frac).

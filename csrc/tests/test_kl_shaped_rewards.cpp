@@ -25,6 +25,9 @@ void check(int64_t rows, int64_t length, float kl_coef, float score_clip) {
     else if (row == 2) mask[i] = t < length / 2 + 1;
     else mask[i] = t % 3 == 0 && t < length - 2;
   }
+  for (int64_t i = 0; i < n; ++i) {
+    if (!mask[i]) kl[i] = from_float<T>(i % 2 ? std::nanf("") : kInf);  // never read
+  }
   std::vector<float> rewards(n);
   kl_shaped_rewards<T>(scores.data(), kl.data(), mask.get(), length, kl_coef, score_clip, 0, rows, rewards.data());
   for (int64_t row = 0; row < rows; ++row) {

@@ -31,6 +31,20 @@ void check_moments(int64_t n, float offset, int64_t chunk, int keep_percent) {
   CHECK_CLOSE(got.m2, m2, 1e-9, 1e-4);  // relative: stays accurate when |mean| >> std
 }
 
+// Values near 1e30: M2 ~ 1e63 overflows float; the moments must still match double.
+void check_huge_moments() {
+  auto x = fastrlhf_test::random_normal(3000, 1e30f, 11);
+  auto mask = random_mask(3000, 5, 70);
+  const Moments got = masked_moments<float>(x.data(), mask.data(), 0, 3000);
+  double count = 0, sum = 0, m2 = 0;
+  for (size_t i = 0; i < x.size(); ++i) count += mask[i], sum += mask[i] ? x[i] : 0.0;
+  const double mean = sum / count;
+  for (size_t i = 0; i < x.size(); ++i) m2 += mask[i] ? (x[i] - mean) * (x[i] - mean) : 0.0;
+  CHECK(got.count == count);
+  CHECK_CLOSE(got.mean, mean, 1e-6 * 1e30, 0.0);
+  CHECK_CLOSE(got.m2, m2, 0.0, 1e-5);
+}
+
 // finalize_loss on hand-made row sums (row 1 empty) for every reduction.
 void check_finalize() {
   const int64_t rows = 3, n_stats = 2;
@@ -79,6 +93,7 @@ int main() {
   check_moments(5000, 1e4f, 777, 60);    // |mean| >> std, odd chunks
   check_moments(100000, -3e3f, 1 << 15, 90);
   check_moments(3000, 2.0f, 1000, 0);    // nothing masked in: all zero
+  check_huge_moments();
   check_finalize();
   check_backward<float>(1e-6);
   check_backward<bf16>(1.0 / 128);

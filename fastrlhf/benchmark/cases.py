@@ -5,7 +5,7 @@ the bytes an ideal kernel must move (reads + writes, each tensor once at its own
 bench/README.md), for which the benchmark times a plain copy of as many bytes beside the op.
 Another op's case (a rollout, say) is one more Case in cases(), from its own module if it is large.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -187,4 +187,10 @@ def cases(device):
     if cuda:
         result.append(Case("ppo_policy_loss", (512, 8192), f32, _policy, eager_policy_loss, ops.ppo_policy_loss,
                            ("logprobs",), policy_bytes))
+    # The cost of a call itself: each op again on a [4, 8] input (token_logprobs: V = 64), where it is all
+    # there is. Dispatch, checks and autograd per call: the ops' own fixed cost.
+    first = {}
+    for case in result:
+        first.setdefault(case.op, case)
+    result += [replace(c, shape=(4, 8, 64) if c.op == "token_logprobs" else (4, 8)) for c in first.values()]
     return result

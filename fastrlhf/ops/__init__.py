@@ -1,5 +1,6 @@
-"""Fused, differentiable PPO ops. Each picks its backend by the inputs' device (see _backend)."""
-from ._backend import BACKENDS, available_backends, backend_name, set_backend
+"""Fused, differentiable PPO ops: each one operator, torch.ops.fastrlhf.<op>, whose kernel the
+dispatcher picks by the inputs' device (see _backend)."""
+from ._backend import BACKENDS, available_backends, backend_name, register_kernels, set_backend
 from .gae import gae
 from .kl_penalty import kl_penalty
 from .kl_shaped_rewards import kl_shaped_rewards
@@ -9,6 +10,8 @@ from .ppo_policy_loss import ppo_policy_loss
 from .ppo_value_loss import ppo_value_loss
 from .sampling import sample_tokens
 from .token_logprobs import token_logprobs
+
+register_kernels()
 
 __all__ = ["BACKENDS", "available_backends", "backend_name", "set_backend", "gae", "kl_penalty",
            "kl_shaped_rewards", "masked_mean", "masked_whiten", "ppo_policy_loss", "ppo_value_loss",

@@ -3,55 +3,58 @@
 Elementwise, one launch each way: the forward reads both inputs once and writes float32 kl; the
 backward recomputes x = logprobs - ref_logprobs (cheaper than saving it) and writes both input
 gradients in one pass, skipping one that autograd does not need.
+torch.ops.fastrlhf.kl_penalty: CPU kernel and autograd in csrc/bindings/kl_penalty.cpp, Triton
+kernel (CUDA) below, launched from kernels/kl_penalty.py.
 """
 import math
 
 import torch
-from torch import Tensor
 
 from . import _checks as C
 from .. import reference
-from ._backend import backend_name, kernels_for
+from ..codes import KL_ESTIMATORS
+from ._backend import fake_kernel, operator, triton_kernel, triton_kernels, use_reference
+
+_op = operator("kl_penalty")
 
 
-@torch.library.custom_op("fastrlhf::kl_penalty", mutates_args=())
-def _forward(logprobs: Tensor, ref_logprobs: Tensor, estimator: int, clamp: float) -> Tensor:
-    return kernels_for(logprobs.device).kl_penalty_forward(logprobs, ref_logprobs, estimator, clamp)
+def _check_kernel_inputs(logprobs, ref_logprobs, estimator, clamp):
+    """The contract of the Triton kernels (the C++ ones check theirs in C++)."""
+    C.check_float("logprobs", logprobs)
+    C.check_like("ref_logprobs", ref_logprobs, "logprobs", logprobs)
+    C.check_same_dtype("ref_logprobs", ref_logprobs, "logprobs", logprobs)
+    C.check_code("estimator", estimator, KL_ESTIMATORS)
+    C.check_positive("clamp", clamp)
 
 
-@_forward.register_fake
+@triton_kernel("kl_penalty")
 def _(logprobs, ref_logprobs, estimator, clamp):
-    return torch.empty_like(logprobs, dtype=torch.float32)
+    _check_kernel_inputs(logprobs, ref_logprobs, estimator, clamp)
+    kl = triton_kernels().kl_penalty_forward(logprobs.contiguous().view(-1), ref_logprobs.contiguous().view(-1),
+                                           estimator, clamp)
+    return kl.view(logprobs.shape)
 
 
-@torch.library.custom_op("fastrlhf::kl_penalty_backward", mutates_args=())
-def _backward(logprobs: Tensor, ref_logprobs: Tensor, grad_kl: Tensor, estimator: int, clamp: float,
-              need_logprobs: bool, need_ref: bool) -> tuple[Tensor, Tensor]:
-    return kernels_for(logprobs.device).kl_penalty_backward(logprobs, ref_logprobs, grad_kl, estimator, clamp,
-                                                            need_logprobs, need_ref)
-
-
-@_backward.register_fake
+@triton_kernel("kl_penalty_backward")
 def _(logprobs, ref_logprobs, grad_kl, estimator, clamp, need_logprobs, need_ref):
-    n = logprobs.numel()
-    return logprobs.new_empty(n if need_logprobs else 0), ref_logprobs.new_empty(n if need_ref else 0)
+    _check_kernel_inputs(logprobs, ref_logprobs, estimator, clamp)
+    C.check_like("grad_kl", grad_kl, "logprobs", logprobs)
+    grads = triton_kernels().kl_penalty_backward(logprobs.contiguous().view(-1), ref_logprobs.contiguous().view(-1),
+                                               grad_kl.float().contiguous().view(-1), estimator, clamp, need_logprobs,
+                                               need_ref)
+    return tuple(g.view(logprobs.shape) if need else g for g, need in zip(grads, (need_logprobs, need_ref)))
 
 
-def _setup_context(ctx, inputs, output):
-    logprobs, ref_logprobs, estimator, clamp = inputs
-    ctx.save_for_backward(logprobs, ref_logprobs)
-    ctx.estimator, ctx.clamp = estimator, clamp
+@fake_kernel("kl_penalty")
+def _(logprobs, ref_logprobs, estimator, clamp):
+    return torch.empty_like(logprobs, dtype=torch.float32, memory_format=torch.contiguous_format)
 
 
-def _autograd_backward(ctx, grad_kl):
-    logprobs, ref_logprobs = ctx.saved_tensors
-    need_logprobs, need_ref = ctx.needs_input_grad[:2]
-    grad_logprobs, grad_ref = _backward(logprobs, ref_logprobs, grad_kl.float().contiguous(), ctx.estimator,
-                                        ctx.clamp, need_logprobs, need_ref)
-    return grad_logprobs if need_logprobs else None, grad_ref if need_ref else None, None, None
-
-
-_forward.register_autograd(_autograd_backward, setup_context=_setup_context)
+@fake_kernel("kl_penalty_backward")
+def _(logprobs, ref_logprobs, grad_kl, estimator, clamp, need_logprobs, need_ref):
+    def grad(need):
+        return logprobs.new_empty(logprobs.shape if need else (0,))
+    return grad(need_logprobs), grad(need_ref)
 
 
 def kl_penalty(logprobs, ref_logprobs, *, estimator="k1", clamp=None):
@@ -64,13 +67,11 @@ def kl_penalty(logprobs, ref_logprobs, *, estimator="k1", clamp=None):
     C.check_float("logprobs", logprobs)
     C.check_float("ref_logprobs", ref_logprobs)
     C.check_like("ref_logprobs", ref_logprobs, "logprobs", logprobs)
-    C.check_choice("estimator", estimator, reference.KL_ESTIMATORS)
+    C.check_choice("estimator", estimator, KL_ESTIMATORS)
     if clamp is not None:
         C.check_positive("clamp", clamp)
-    if backend_name(logprobs.device) == "reference":
+    if use_reference():
         return reference.kl_penalty(logprobs, ref_logprobs, estimator=estimator, clamp=clamp)
     if logprobs.dtype != ref_logprobs.dtype:  # the kernels read one dtype; mixed inputs meet in float32
         logprobs, ref_logprobs = logprobs.float(), ref_logprobs.float()
-    kl = _forward(logprobs.reshape(-1).contiguous(), ref_logprobs.reshape(-1).contiguous(),
-                  reference.KL_ESTIMATORS.index(estimator), math.inf if clamp is None else float(clamp))
-    return kl.view(logprobs.shape)
+    return _op(logprobs, ref_logprobs, KL_ESTIMATORS.index(estimator), math.inf if clamp is None else float(clamp))

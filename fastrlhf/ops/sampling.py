@@ -10,7 +10,7 @@ import torch
 
 from . import _checks as C
 from .. import reference
-from ._backend import backend_name, kernels_for
+from ._backend import backend_name, triton_kernels
 
 
 def sample_tokens(logits, uniforms, temperature, top_k, top_p, *, filtering=True):
@@ -36,8 +36,8 @@ def sample_tokens(logits, uniforms, temperature, top_k, top_p, *, filtering=True
     if backend_name(logits.device) == "triton":
         if logits.stride(-1) != 1:
             logits = logits.contiguous()
-        return kernels_for(logits.device).sample_tokens(logits, uniforms.contiguous(), temperature.contiguous(),
-                                                        top_k.contiguous(), top_p.contiguous())
+        return triton_kernels().sample_tokens(logits, uniforms.contiguous(), temperature.contiguous(),
+                                              top_k.contiguous(), top_p.contiguous())
     return _sample_cpu(logits, uniforms, temperature, top_k, top_p, filtering)
 
 

@@ -1,21 +1,26 @@
 """token_logprobs: log-probabilities of the labels, and optionally the entropy, from [..., V] logits.
 
-The forward reads the logits once and keeps O(rows) statistics (log-sum-exp, entropy); the
+The forward reads the logits once and keeps O(rows) statistics (the row max and log-sum-exp); the
 backward reads them again and writes grad_logits once. No float32 [..., V] tensor is ever made.
+torch.ops.fastrlhf.token_logprobs: CPU kernel and autograd in csrc/bindings/token_logprobs.cpp,
+Triton kernel (CUDA) below, launched from kernels/token_logprobs.py.
 """
-from typing import Optional
+import math
 
 import torch
-from torch import Tensor
 
 from . import _checks as C
 from .. import reference
-from ._backend import backend_name, checks_enabled, kernels_for
+from ._backend import fake_kernel, operator, triton_kernel, triton_kernels, use_reference
+
+_op = operator("token_logprobs")
+_FLOAT32_MAX = torch.finfo(torch.float32).max
 
 
 def _rows(logits):
-    """[..., V] -> [B, T, V] sharing storage where the leading dims allow it (logits[:, :-1] does)."""
-    if logits.stride(-1) != 1:
+    """[..., V] -> [B, T, V] with unit stride along V, sharing storage where the leading dims allow
+    (logits[:, :-1] does)."""
+    if logits.stride(-1) != 1 and logits.shape[-1] != 1:
         logits = logits.contiguous()
     vocab = logits.shape[-1]
     inner = logits.shape[-2] if logits.dim() > 1 else 1
@@ -27,66 +32,79 @@ def _rows(logits):
     return logits.contiguous().view(1, -1, vocab)
 
 
-@torch.library.custom_op("fastrlhf::token_logprobs", mutates_args=())
-def _forward(logits: Tensor, labels: Tensor, temperature: float, ignore_index: int,
-             with_entropy: bool) -> tuple[Tensor, Tensor, Tensor]:
-    labels = labels.reshape(-1)
-    if checks_enabled(logits.device):
+def _check_temperature(temperature):
+    if not (math.isfinite(temperature) and temperature > 0 and 1 / temperature <= _FLOAT32_MAX):
+        raise ValueError(f"temperature must be finite and > 0 with 1 / temperature finite in float32, "
+                         f"got {temperature}")
+
+
+def _check_kernel_inputs(logits, labels):
+    """The contract of the Triton kernels (the C++ ones check theirs in C++)."""
+    C.check_float("logits", logits)
+    C.check_same_device("labels", labels, "logits", logits)
+    if labels.dtype != torch.int64 or labels.shape != logits.shape[:-1]:
+        raise ValueError(f"labels must be int64 of shape {tuple(logits.shape[:-1])}, got {labels.dtype} "
+                         f"{tuple(labels.shape)}")
+
+
+def _check_values(logits, labels, ignore_index):
+    """The data check of the Python backends, where checks run (the C++ kernels check as they read)."""
+    if C.checks_enabled(labels):
         C.check_labels_values(labels, logits.shape[-1], ignore_index)
-    kernels = kernels_for(logits.device)
-    return kernels.token_logprobs_forward(_rows(logits), labels, temperature, ignore_index, with_entropy)
 
 
-@_forward.register_fake
+@triton_kernel("token_logprobs")
 def _(logits, labels, temperature, ignore_index, with_entropy):
-    logprobs = logits.new_empty(labels.numel(), dtype=torch.float32)
-    entropy = logits.new_empty(labels.numel() if with_entropy else 0, dtype=torch.float32)
-    return logprobs, entropy, torch.empty_like(logprobs)
+    _check_kernel_inputs(logits, labels)
+    _check_temperature(temperature)
+    _check_values(logits, labels, ignore_index)
+    logprobs, entropy, stats = triton_kernels().token_logprobs_forward(
+        _rows(logits), labels.contiguous().view(-1), temperature, ignore_index, with_entropy)
+    entropy = entropy.view(labels.shape if with_entropy else (0,))
+    return logprobs.view(labels.shape), entropy, stats.view(*labels.shape, 2)
 
 
-@torch.library.custom_op("fastrlhf::token_logprobs_backward", mutates_args=())
-def _backward(logits: Tensor, labels: Tensor, lse: Tensor, entropy: Tensor, grad_logprobs: Optional[Tensor],
-              grad_entropy: Optional[Tensor], temperature: float, ignore_index: int) -> Tensor:
-    grad = kernels_for(logits.device).token_logprobs_backward(
-        _rows(logits), labels.reshape(-1), lse, entropy, grad_logprobs, grad_entropy, temperature, ignore_index)
+@triton_kernel("token_logprobs_backward")
+def _(logits, labels, stats, entropy, grad_logprobs, grad_entropy, temperature, ignore_index):
+    _check_kernel_inputs(logits, labels)
+    _check_temperature(temperature)
+    per_row = {"grad_logprobs": grad_logprobs, "grad_entropy": grad_entropy}
+    if grad_entropy is not None:
+        per_row["entropy"] = entropy
+    for name, t in per_row.items():
+        if t is not None and t.shape != labels.shape:
+            raise ValueError(f"{name} must have the shape of labels {tuple(labels.shape)}, got {tuple(t.shape)}")
+    if stats.shape != (*labels.shape, 2):
+        raise ValueError(f"stats must have shape {(*labels.shape, 2)}, got {tuple(stats.shape)}")
+
+    def flat(grad):
+        return None if grad is None else grad.float().contiguous().view(-1)
+
+    grad = triton_kernels().token_logprobs_backward(
+        _rows(logits), labels.contiguous().view(-1), stats.contiguous().view(-1, 2), entropy.contiguous().view(-1),
+        flat(grad_logprobs), flat(grad_entropy), temperature, ignore_index)
     return grad.view(logits.shape)
 
 
-@_backward.register_fake
-def _(logits, labels, lse, entropy, grad_logprobs, grad_entropy, temperature, ignore_index):
+@fake_kernel("token_logprobs")
+def _(logits, labels, temperature, ignore_index, with_entropy):
+    f32 = dict(dtype=torch.float32)
+    entropy = logits.new_empty(labels.shape if with_entropy else (0,), **f32)
+    return logits.new_empty(labels.shape, **f32), entropy, logits.new_empty((*labels.shape, 2), **f32)
+
+
+@fake_kernel("token_logprobs_backward")
+def _(logits, labels, stats, entropy, grad_logprobs, grad_entropy, temperature, ignore_index):
     return torch.empty_like(logits, memory_format=torch.contiguous_format)
-
-
-def _setup_context(ctx, inputs, output):
-    logits, labels, temperature, ignore_index, _ = inputs
-    _, entropy, lse = output
-    ctx.save_for_backward(logits, labels, lse, entropy)
-    ctx.temperature, ctx.ignore_index = temperature, ignore_index
-    ctx.set_materialize_grads(False)  # an unused output's gradient stays None: no work for it
-
-
-def _flat(grad):
-    return None if grad is None else grad.reshape(-1).float().contiguous()
-
-
-def _autograd_backward(ctx, grad_logprobs, grad_entropy, _grad_lse):
-    logits, labels, lse, entropy = ctx.saved_tensors
-    if grad_logprobs is None and grad_entropy is None:
-        return None, None, None, None, None
-    grad = _backward(logits, labels, lse, entropy, _flat(grad_logprobs), _flat(grad_entropy),
-                     ctx.temperature, ctx.ignore_index)
-    return grad, None, None, None, None
-
-
-_forward.register_autograd(_autograd_backward, setup_context=_setup_context)
 
 
 def token_logprobs(logits, labels, *, temperature=1.0, ignore_index=-100, return_entropy=False):
     """log_softmax(logits / temperature) at `labels`, float32, 0 where labels == ignore_index.
 
-    logits [..., V] (float32/bfloat16/float16), labels [...] integer. With return_entropy=True returns
-    (logprobs, entropy), the entropy of the same tempered distribution (0 at ignored positions).
-    Differentiable w.r.t. logits through both outputs.
+    logits [..., V] (float32/bfloat16/float16), labels [...] of any integer dtype. With
+    return_entropy=True returns (logprobs, entropy), the entropy of the same tempered distribution
+    (0 at ignored positions, whose logits are never read). Differentiable w.r.t. logits through both
+    outputs.
     """
     C.check_float("logits", logits)
     C.check_int("labels", labels)
@@ -94,13 +112,12 @@ def token_logprobs(logits, labels, *, temperature=1.0, ignore_index=-100, return
     if labels.shape != logits.shape[:-1]:
         raise ValueError(f"labels must have shape logits.shape[:-1] = {tuple(logits.shape[:-1])}, "
                          f"got {tuple(labels.shape)}")
-    C.check_positive("temperature", temperature)
-    if backend_name(logits.device) == "reference":
-        if checks_enabled(logits.device):
-            C.check_labels_values(labels, logits.shape[-1], ignore_index)
+    _check_temperature(temperature)
+    if use_reference():
+        _check_values(logits, labels, ignore_index)
         return reference.token_logprobs(logits, labels, temperature=temperature, ignore_index=ignore_index,
                                         return_entropy=return_entropy)
-    logprobs, entropy, _ = _forward(logits, labels.long(), float(temperature), int(ignore_index),
-                                    bool(return_entropy))
-    logprobs = logprobs.view(labels.shape)
-    return (logprobs, entropy.view(labels.shape)) if return_entropy else logprobs
+    if labels.dtype != torch.int64:
+        labels = labels.long()
+    logprobs, entropy, _ = _op(logits, labels, float(temperature), int(ignore_index), bool(return_entropy))
+    return (logprobs, entropy) if return_entropy else logprobs
