@@ -270,7 +270,7 @@ def loss_forward_specs(name, token_loss, n_stats):
     for dtype in FLOAT_DTYPES:
         types = dict(x_ptr=dtype, old_ptr=dtype, other_ptr=dtype, mask_ptr=torch.bool, token_grad_ptr=torch.float32,
                      partials_ptr=torch.float32, loss_ptr=torch.float32, stats_ptr=torch.float32,
-                     row_scale_ptr=torch.float32, R="i32", T="i32", p0="fp32", p1="fp32", p2="fp32")
+                     row_scale_ptr=torch.float32, R="i32", T="i32", clip_low="fp32", clip_high="fp32", dual_clip="fp32")
         launch = dict(TOKEN_LOSS=token_loss, N_STATS=n_stats, FINALIZE_BLOCK=FINALIZE_BLOCK)
 
         def add(num_warps, programs_per_sm, **constexprs):
@@ -319,7 +319,7 @@ def compile_specs():
     """The moments partials and the loss backward (the contract in kernels/__init__.py); the loss forward
     is in each loss's module (loss_forward_specs)."""
     specs = [spec(f"moments_partials {short(dtype)}", _moments_kernel, moments_config()["num_warps"],
-                  dict(BLOCK=MOMENTS_BLOCK), x_ptr=dtype, mask_ptr=torch.bool, partials_ptr=torch.float32, N="i32")
+                  dict(BLOCK=MOMENTS_BLOCK), x_ptr=dtype, mask_ptr=torch.bool, partials_ptr=torch.float64, N="i32")
              for dtype in FLOAT_DTYPES]
     for dtype, T in itertools.product(FLOAT_DTYPES, powers_of_two(BACKWARD_TILE)):
         block_r, block_t = _backward_tile(T)

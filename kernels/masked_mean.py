@@ -117,7 +117,7 @@ def compile_specs():
     config = moments_config()
     specs = [spec(f"masked_mean_all {short(dtype)}", _mean_all_kernel, config["num_warps"],
                   dict(FROM_PARTIALS=from_partials, BLOCK=config["BLOCK"], PARTIALS_BLOCK=config["PARTIALS_BLOCK"]),
-                  1, x_ptr=dtype, mask_ptr=torch.bool, partials_ptr=torch.float32, mean_ptr=torch.float32,
+                  1, x_ptr=dtype, mask_ptr=torch.bool, partials_ptr=torch.float64, mean_ptr=torch.float32,
                   inv_count_ptr=torch.float32, N="i32", P="i32")
              for dtype, from_partials in itertools.product(FLOAT_DTYPES, (False, True))]
     for dtype, inner in itertools.product(FLOAT_DTYPES, powers_of_two(_MAX_BLOCK_I)):

@@ -50,6 +50,6 @@ def compile_specs():
     return [spec(f"masked_whiten {short(dtype)}", _whiten_kernel, config["num_warps"],
                  dict(SHIFT_MEAN=shift_mean, UNBIASED=unbiased, FROM_PARTIALS=from_partials, BLOCK=config["BLOCK"],
                       PARTIALS_BLOCK=config["PARTIALS_BLOCK"]), 2 if from_partials else 1,
-                 x_ptr=dtype, mask_ptr=torch.bool, partials_ptr=torch.float32, y_ptr=torch.float32, N="i32", P="i32",
+                 x_ptr=dtype, mask_ptr=torch.bool, partials_ptr=torch.float64, y_ptr=torch.float32, N="i32", P="i32",
                  eps="fp32")
             for dtype, shift_mean, unbiased, from_partials in itertools.product(FLOAT_DTYPES, *[(False, True)] * 3)]

@@ -170,11 +170,11 @@ def compile_specs():
         for with_entropy in (False, True):
             specs.append(spec(name.format("forward"), _forward_kernel, warps,
                               dict(WITH_ENTROPY=with_entropy, BLOCK_V=block_v), logprobs_ptr=torch.float32,
-                              entropy_ptr=torch.float32, lse_ptr=torch.float32, **rows))
+                              entropy_ptr=torch.float32, stats_ptr=torch.float32, **rows))
         for has_logprobs, has_entropy in ((True, False), (False, True), (True, True)):  # autograd: at least one
             specs.append(spec(name.format("backward"), _backward_kernel, warps,
                               dict(HAS_GRAD_LOGPROBS=has_logprobs, HAS_GRAD_ENTROPY=has_entropy, BLOCK_V=block_v),
-                              lse_ptr=torch.float32, entropy_ptr=torch.float32, grad_logits_ptr=dtype,
+                              stats_ptr=torch.float32, entropy_ptr=torch.float32, grad_logits_ptr=dtype,
                               grad_logprobs_ptr=torch.float32 if has_logprobs else None,
                               grad_entropy_ptr=torch.float32 if has_entropy else None, **rows))
     return specs
