@@ -130,13 +130,70 @@ def logits(policy, input_ids, attention_mask):
     return policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions(attention_mask)).logits
 
 
+def _unwrapped(model):
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def _fused_head(model):
+    """(head, options) when ops.linear_logprobs computes the model's output layer (a plain nn.Linear,
+    then the softcap or scale its config names), else None with a one-line notice, once per model."""
+    model = _unwrapped(model)
+    if not hasattr(model, "_fastrlhf_head"):
+        head, config = model.get_output_embeddings(), model.config
+        options, why = {}, None
+        if type(head) is not nn.Linear:
+            why = f"its output layer is a {type(head).__name__}, not an nn.Linear"
+        elif hasattr(head.weight, "device_mesh"):
+            why = "its output layer is sharded (FSDP)"
+        if getattr(config, "final_logit_softcapping", None):  # Gemma 2/3
+            options["softcap"] = float(config.final_logit_softcapping)
+        scale = getattr(config, "logit_scale", None) or 1.0  # Cohere multiplies the logits
+        scale /= getattr(config, "logits_scaling", None) or 1.0  # Granite divides them
+        if scale != 1.0:
+            options["logit_scale"] = float(scale)
+        if why:
+            print(f"fastrlhf: {type(model).__name__}: {why}; log-probs go through the full [batch, tokens, vocab] logits")
+        model._fastrlhf_head = None if why else (head, options)
+    return model._fastrlhf_head
+
+
+def last_hidden_states(model, input_ids, attention_mask):
+    """What the model's output layer reads, [B, T, H], from a forward (through any DDP wrapper) in which
+    that layer is given no positions, so that no logits are made."""
+    seen = []
+
+    def keep_input(layer, args):
+        seen.append(args[0])
+        return (args[0][..., :0, :],)
+
+    hook = _unwrapped(model).get_output_embeddings().register_forward_pre_hook(keep_input)
+    try:
+        logits(model, input_ids, attention_mask)
+    finally:
+        hook.remove()
+    return seen[0]
+
+
+def token_logprobs(model, input_ids, attention_mask, labels, first=0, temperature=1.0, entropy=False):
+    """log p(labels[:, t] | input_ids[:, :first + t + 1]) at `temperature` (0 where labels is IGNORE),
+    and with entropy=True the entropies of those distributions: through ops.linear_logprobs from the last
+    hidden states when it computes the model's head (no [B, T, V] logits), else from the logits."""
+    positions_ = slice(first, first + labels.shape[1])
+    fused = _fused_head(model)
+    if fused is None:
+        predicting = logits(model, input_ids, attention_mask)[:, positions_]
+        return ops.token_logprobs(predicting, labels, temperature=temperature, return_entropy=entropy)
+    head, options = fused
+    hidden = last_hidden_states(model, input_ids, attention_mask)[:, positions_]
+    return ops.linear_logprobs(hidden, head.weight, labels, bias=head.bias, temperature=temperature,
+                               return_entropy=entropy, **options)
+
+
 def response_logprobs(policy, ids, mask, responses, response_mask, temperature, entropy=False):
     """Teacher-forced log pi(token | prefix) of each response token at the sampling temperature (0 where
     masked); with entropy=True also the entropy of each of those distributions. ids = prompts + responses."""
-    prompt_len = ids.shape[1] - responses.shape[1]
-    predicting = logits(policy, ids, mask)[:, prompt_len - 1:-1]  # the logits that predicted each response token
     labels = responses.masked_fill(~response_mask, data.IGNORE)
-    return ops.token_logprobs(predicting, labels, temperature=temperature, return_entropy=entropy)
+    return token_logprobs(policy, ids, mask, labels, ids.shape[1] - responses.shape[1] - 1, temperature, entropy)
 
 
 def save(model, tokenizer, path, state_dict=None):

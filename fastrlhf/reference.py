@@ -45,6 +45,22 @@ def token_logprobs(logits, labels, *, temperature=1.0, ignore_index=-100, return
     return logprobs, entropy.masked_fill(ignored, 0.0)
 
 
+def linear_logprobs(hidden, weight, labels, *, bias=None, temperature=1.0, ignore_index=-100, return_entropy=False,
+                    logit_scale=None, softcap=None):
+    """token_logprobs of the LM head's logits z = softcap(logit_scale * hidden @ weight.T + bias), with
+    softcap(x) = softcap * tanh(x / softcap). The logits are made in the inputs' dtype, as the head makes
+    them, one rounding per step (the kernels make them one chunk of rows at a time and never hold them
+    all). The hidden states of rows whose label is ignore_index are never read."""
+    hidden = hidden.masked_fill((labels == ignore_index).unsqueeze(-1), 0)
+    z = torch.nn.functional.linear(hidden, weight)
+    if logit_scale is not None:
+        z = z * logit_scale
+    if bias is not None:
+        z = z + bias
+    if softcap is not None:
+        z = softcap * torch.tanh(z / softcap)
+    return token_logprobs(z, labels, temperature=temperature, ignore_index=ignore_index, return_entropy=return_entropy)
+
 def kl_penalty(logprobs, ref_logprobs, *, estimator="k1", clamp=None):
     dtype = _compute_dtype(logprobs, ref_logprobs)
     x = logprobs.to(dtype) - ref_logprobs.to(dtype)

@@ -20,7 +20,7 @@ def train(config, loop):
         _, global_mask, global_labels = data.sft_batch(batch, tokenizer.pad_token_id)
         with timer("train"):
             targets = labels[:, 1:]
-            logprobs = ops.token_logprobs(models.logits(trained, ids, mask)[:, :-1], targets)
+            logprobs = models.token_logprobs(trained, ids, mask, targets)
             trained_tokens = targets != data.IGNORE
             loss = -ops.masked_mean(logprobs, trained_tokens)
             share = training.token_share(trained_tokens, global_labels[:, 1:] != data.IGNORE)

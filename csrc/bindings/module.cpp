@@ -13,6 +13,16 @@ TORCH_LIBRARY(fastrlhf, m) {
         " -> (Tensor logprobs, Tensor entropy, Tensor stats)", tags);
   m.def("token_logprobs_backward(Tensor logits, Tensor labels, Tensor stats, Tensor entropy, Tensor? grad_logprobs,"
         " Tensor? grad_entropy, float temperature, int ignore_index) -> Tensor", tags);
+  // hidden [..., H], weight [V, H], bias [V] -> token_logprobs' outputs for the logits
+  // softcap(logit_scale * hidden @ weight.T + bias), made chunk_size rows at a time; softcap: inf for none.
+  // The backward returns [0] for a gradient output_mask does not ask for.
+  m.def("linear_logprobs(Tensor hidden, Tensor weight, Tensor? bias, Tensor labels, float temperature,"
+        " int ignore_index, bool with_entropy, float logit_scale, float softcap, int chunk_size)"
+        " -> (Tensor logprobs, Tensor entropy, Tensor stats)", tags);
+  m.def("linear_logprobs_backward(Tensor hidden, Tensor weight, Tensor? bias, Tensor labels, Tensor stats,"
+        " Tensor entropy, Tensor? grad_logprobs, Tensor? grad_entropy, float temperature, int ignore_index,"
+        " float logit_scale, float softcap, int chunk_size, bool[3] output_mask)"
+        " -> (Tensor grad_hidden, Tensor grad_weight, Tensor grad_bias)", tags);
   // estimator: a code of KL_ESTIMATORS; clamp: inf for none. The backward skips an unneeded gradient ([0]).
   m.def("kl_penalty(Tensor logprobs, Tensor ref_logprobs, int estimator, float clamp) -> Tensor", tags);
   m.def("kl_penalty_backward(Tensor logprobs, Tensor ref_logprobs, Tensor grad_kl, int estimator, float clamp,"

@@ -40,6 +40,13 @@ def eager_token_logprobs(logits, labels):
     return logp.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
 
 
+def eager_linear_logprobs(hidden, weight, labels):
+    """The LM head, then log-probs and entropy in float32 from the full [N, V] logits."""
+    logp = torch.log_softmax(torch.nn.functional.linear(hidden, weight).float(), dim=-1)
+    entropy = -(logp.exp() * logp).sum(-1)
+    return logp.gather(-1, labels.unsqueeze(-1)).squeeze(-1), entropy
+
+
 def eager_kl_k3(logprobs, ref_logprobs):
     log_ratio = ref_logprobs.float() - logprobs.float()
     return log_ratio.exp() - 1 - log_ratio
@@ -101,6 +108,13 @@ def _logits(shape, dtype, device):
     *lead, vocab = shape
     return {"logits": torch.randn(shape, device=device, dtype=dtype) * 2,
             "labels": torch.randint(0, vocab, lead, device=device)}
+
+
+def _head(shape, dtype, device):
+    rows, width, vocab = shape
+    return {"hidden": torch.randn(rows, width, device=device, dtype=dtype),
+            "weight": (torch.randn(vocab, width, device=device) / width**0.5).to(dtype),
+            "labels": torch.randint(0, vocab, (rows,), device=device)}
 
 
 def _scores(shape, dtype, device):
@@ -193,4 +207,8 @@ def cases(device):
     for case in result:
         first.setdefault(case.op, case)
     result += [replace(c, shape=(4, 8, 64) if c.op == "token_logprobs" else (4, 8)) for c in first.values()]
+    # The LM head of Qwen2.5-0.5B (H = 896, V = 151936) over N tokens: log-probs and entropy.
+    result += [Case("linear_logprobs", (rows, 896, 151936), logits_dtype, _head, eager_linear_logprobs,
+                    lambda hidden, weight, labels: ops.linear_logprobs(hidden, weight, labels, return_entropy=True),
+                    ("hidden", "weight")) for rows in ((16384,) if cuda else (512, 2048))]
     return result

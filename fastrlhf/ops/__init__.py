@@ -4,6 +4,7 @@ from ._backend import BACKENDS, available_backends, backend_name, register_kerne
 from .gae import gae
 from .kl_penalty import kl_penalty
 from .kl_shaped_rewards import kl_shaped_rewards
+from .linear_logprobs import linear_logprobs
 from .masked_mean import masked_mean
 from .masked_whiten import masked_whiten
 from .ppo_policy_loss import ppo_policy_loss
@@ -14,5 +15,5 @@ from .token_logprobs import token_logprobs
 register_kernels()
 
 __all__ = ["BACKENDS", "available_backends", "backend_name", "set_backend", "gae", "kl_penalty",
-           "kl_shaped_rewards", "masked_mean", "masked_whiten", "ppo_policy_loss", "ppo_value_loss",
+           "kl_shaped_rewards", "linear_logprobs", "masked_mean", "masked_whiten", "ppo_policy_loss", "ppo_value_loss",
            "sample_tokens", "token_logprobs"]
