@@ -178,8 +178,9 @@ def test_bf16_weight_gradient_accumulates_in_float32(backend):
     """Many chunks whose gradients add up in the same rows of weight: the error of the bf16 weight
     gradient stays within float32 accumulation (a bf16 rounding of each chunk's product, one of the
     sum), and a bf16 accumulator across chunks would not."""
-    rows, chunk, width, vocab = 1024, 2, 16, 11
+    rows, chunk, width, vocab = 64, 2, 16, 11
     hidden = torch.rand(rows, width) + 0.5  # same sign: the sums grow chunk after chunk
+    hidden[:chunk] *= 256  # a first chunk that dwarfs each later one: in bf16 they would round away
     weight = torch.randn(vocab, width) * 0.1
     labels = torch.zeros(rows, dtype=torch.long)  # every row pulls weight[0] the same way
     h, w = hidden.bfloat16(), leaf(weight.bfloat16(), backend.device)
