@@ -78,6 +78,10 @@ def _run_every_op(dtype, device):
     logprobs, entropy = ops.token_logprobs(logits, labels, return_entropy=True)
     (logprobs.sum() + entropy.sum()).backward()
     ops.token_logprobs(logits, labels).sum().backward()
+    hidden = torch.randn(3, 5, 16, dtype=dtype, device=device, requires_grad=True)
+    head = torch.randn(37, 16, dtype=dtype, device=device, requires_grad=True)
+    logprobs, entropy = ops.linear_logprobs(hidden, head, labels, return_entropy=True, chunk_size=4)
+    (logprobs.sum() + entropy.sum()).backward()
     for estimator in ("k1", "k2", "k3", "abs"):
         for clamp in (None, 5.0):
             for ref in (y, y.detach().requires_grad_()):  # the gradient of logprobs only, then of both

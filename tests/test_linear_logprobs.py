@@ -253,3 +253,23 @@ def test_bad_input(backend, change, error, name):
     tensors = {k: v.to(backend.device) if isinstance(v, torch.Tensor) else v for k, v in args.items()}
     with pytest.raises(error, match=name):
         ops.linear_logprobs(tensors.pop("hidden"), tensors.pop("weight"), tensors.pop("labels"), **tensors)
+
+
+def test_compiles_without_graph_breaks(backend):
+    """Inside torch.compile(fullgraph=True): the same values and gradients as eager."""
+    torch._dynamo.reset()
+    hidden, weight, bias = head((2, 3), 8, 37)
+    labels = random_labels((2, 3), 37)
+
+    def loss(hidden, weight, bias, labels):
+        lp, ent = ops.linear_logprobs(hidden, weight, labels, bias=bias, temperature=0.9, return_entropy=True,
+                                      softcap=4.0, chunk_size=4)
+        return lp.sum() - 0.1 * ent.sum()
+
+    results = []
+    for fn in (loss, torch.compile(loss, fullgraph=True, backend="aot_eager")):
+        leaves = [leaf(t, backend.device) for t in (hidden, weight, bias)]
+        value = fn(*leaves, labels.to(backend.device))
+        results.append([value, *torch.autograd.grad(value, leaves)])
+    for got, want in zip(*results):
+        assert_close(got, want, atol=1e-6, what="compiled")
