@@ -3,8 +3,9 @@ weight, without ever holding the [tokens, V] logits.
 
 The rows are taken chunk_size at a time: the chunk's logits are one matmul, then token_logprobs' row
 kernel reads them once; only O(rows) statistics survive the chunk. The backward recomputes each chunk's
-logits (one more matmul: the price of not keeping [tokens, V]), turns them into their gradient in place
-of a second buffer, and accumulates the weight and bias gradients across chunks in float32.
+logits (one more matmul: the price of not keeping [tokens, V]), writes their gradient (a second chunk
+buffer), and accumulates the weight and bias gradients across chunks in float32. Peak extra memory:
+two [chunk, V] buffers and the float32 weight gradient, whatever the number of tokens.
 torch.ops.fastrlhf.linear_logprobs: CPU kernels and autograd in csrc/bindings/linear_logprobs.cpp, the
 CUDA kernel below (cuBLAS matmuls around the Triton row kernels of kernels/token_logprobs.py).
 """
