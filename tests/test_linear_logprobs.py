@@ -273,3 +273,35 @@ def test_compiles_without_graph_breaks(backend):
         results.append([value, *torch.autograd.grad(value, leaves)])
     for got, want in zip(*results):
         assert_close(got, want, atol=1e-6, what="compiled")
+
+
+def test_registered_ops_validate_their_inputs(backend):
+    """torch.ops.fastrlhf.linear_logprobs(_backward) called directly: bad arguments raise, naming them."""
+    if backend.name == "reference":
+        pytest.skip("the reference backend calls no registered op")
+    f, d = torch.ops.fastrlhf, backend.device
+    hidden, weight, labels = torch.randn(3, 8, device=d), torch.randn(11, 8, device=d), torch.zeros(3, dtype=torch.long, device=d)
+    stats, rows = torch.zeros(3, 2, device=d), torch.zeros(3, device=d)
+
+    def forward(**change):
+        args = dict(hidden=hidden, weight=weight, bias=None, labels=labels, temperature=1.0, ignore_index=-100,
+                    with_entropy=True, logit_scale=1.0, softcap=math.inf, chunk_size=2) | change
+        return f.linear_logprobs(*args.values())
+
+    def backward(**change):
+        args = dict(hidden=hidden, weight=weight, bias=None, labels=labels, stats=stats, entropy=rows,
+                    grad_logprobs=rows, grad_entropy=rows, temperature=1.0, ignore_index=-100, logit_scale=1.0,
+                    softcap=math.inf, chunk_size=2, output_mask=[True, True, False]) | change
+        return f.linear_logprobs_backward(*args.values())
+
+    for call in (forward, backward):
+        for name, bad in {"weight": torch.randn(11, 7, device=d), "bias": torch.randn(10, device=d),
+                          "labels": labels[:2], "temperature": 0.0, "logit_scale": math.nan, "softcap": 0.0,
+                          "chunk_size": 0}.items():
+            with pytest.raises((ValueError, TypeError), match=name):
+                call(**{name: bad})
+        with pytest.raises(ValueError, match="labels"):
+            call(labels=labels + 11)
+    for name, bad in {"stats": stats[:2], "grad_logprobs": rows[:2], "entropy": rows[:2]}.items():
+        with pytest.raises(ValueError, match=name):
+            backward(**{name: bad})

@@ -52,12 +52,22 @@ def _chunks(n, chunk_size):
         yield slice(begin, min(n, begin + chunk_size))
 
 
-@triton_kernel("linear_logprobs")
-def _(hidden, weight, bias, labels, temperature, ignore_index, with_entropy, logit_scale, softcap, chunk_size):
+def _check_kernel_inputs(hidden, weight, bias, labels, temperature, logit_scale, softcap, chunk_size):
+    """The contract of the registered op, as the C++ kernels check it (softcap: inf for none)."""
     _check_inputs(hidden, weight, bias, labels)
     if labels.dtype != torch.int64:
         raise TypeError(f"labels must be int64, got {labels.dtype}")
     _check_temperature(temperature)
+    _check_number("logit_scale", logit_scale)
+    if not softcap > 0:
+        raise ValueError(f"softcap must be > 0 (inf for none), got {softcap}")
+    if chunk_size <= 0:
+        raise ValueError(f"chunk_size must be > 0, got {chunk_size}")
+
+
+@triton_kernel("linear_logprobs")
+def _(hidden, weight, bias, labels, temperature, ignore_index, with_entropy, logit_scale, softcap, chunk_size):
+    _check_kernel_inputs(hidden, weight, bias, labels, temperature, logit_scale, softcap, chunk_size)
     _check_labels(labels, weight.shape[0], ignore_index)
     n, kernels = labels.numel(), triton_kernels()
     h, flat = hidden.reshape(n, -1), labels.contiguous().view(-1)
@@ -76,6 +86,15 @@ def _(hidden, weight, bias, labels, temperature, ignore_index, with_entropy, log
 @triton_kernel("linear_logprobs_backward")
 def _(hidden, weight, bias, labels, stats, entropy, grad_logprobs, grad_entropy, temperature, ignore_index,
       logit_scale, softcap, chunk_size, output_mask):
+    _check_kernel_inputs(hidden, weight, bias, labels, temperature, logit_scale, softcap, chunk_size)
+    _check_labels(labels, weight.shape[0], ignore_index)
+    per_row = {"grad_logprobs": grad_logprobs, "grad_entropy": grad_entropy,
+               "entropy": entropy if grad_entropy is not None else None}
+    for name, t in per_row.items():
+        if t is not None and t.shape != labels.shape:
+            raise ValueError(f"{name} must have the shape of labels {tuple(labels.shape)}, got {tuple(t.shape)}")
+    if stats.shape != (*labels.shape, 2):
+        raise ValueError(f"stats must have shape {(*labels.shape, 2)}, got {tuple(stats.shape)}")
     n, kernels = labels.numel(), triton_kernels()
     h, flat = hidden.reshape(n, -1), labels.contiguous().view(-1)
     def flat_float(t):  # the kernels read contiguous float32 (a gradient may be an expanded scalar)
