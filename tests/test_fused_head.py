@@ -1,6 +1,8 @@
 """The trainer's log-probs go through ops.linear_logprobs from the last hidden states (no [B, T, V]
 logits), and fall back to the logits for heads the op does not compute."""
+import pytest
 import torch
+import transformers
 from helpers import assert_close
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import AutoModelForCausalLM, LlamaConfig
@@ -31,8 +33,20 @@ def logits_path(policy, ids, mask, responses, response_mask, temperature):
     return ops.token_logprobs(predicting, labels, temperature=temperature, return_entropy=True)
 
 
-def test_fused_path_matches_logits_path():
-    policy = tiny_policy(97)
+HEADS = {"llama": ("LlamaConfig", {}), "qwen2": ("Qwen2Config", {}),
+         "gemma2-softcap": ("Gemma2Config", dict(final_logit_softcapping=3.0, head_dim=8)),
+         "cohere-logit-scale": ("CohereConfig", dict(logit_scale=0.3)),
+         "granite-logits-scaling": ("GraniteConfig", dict(logits_scaling=3.0))}
+
+
+@pytest.mark.parametrize("architecture", HEADS)
+def test_fused_path_matches_logits_path(architecture):
+    """Values and every parameter's gradient, for heads with a softcap, a logit scale or a divisor too."""
+    name, extra = HEADS[architecture]
+    config = getattr(transformers, name)(vocab_size=97, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
+                                         pad_token_id=0, bos_token_id=1, eos_token_id=2, **extra)
+    policy = models.eval_mode(AutoModelForCausalLM.from_config(config))
     ids, mask, responses, response_mask = batch(97)
     fused = models.response_logprobs(policy, ids, mask, responses, response_mask, 0.7, entropy=True)
     assert models._fused_head(policy) is not None
