@@ -138,15 +138,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(
   const at::Tensor ent = g_entropy.defined() ? float_of_shape(entropy, "entropy", labels.sizes()) : at::Tensor();
   const bool has_bias = bias && bias->defined();
   const auto f32 = hidden.options().dtype(at::kFloat);
-  at::Tensor grad_hidden = output_mask[0] ? at::zeros({n, width}, hidden.options()) : at::Tensor();
-  at::Tensor grad_weight = output_mask[1] ? at::zeros({vocab, width}, f32) : at::Tensor();
+  // Written, not zeroed first: rows of all-ignored chunks are zeroed where skipped, and the first chunk's
+  // product initialises the weight gradient (beta = 0); a pass over [V, H] less.
+  at::Tensor grad_hidden = output_mask[0] ? at::empty({n, width}, hidden.options()) : at::Tensor();
+  at::Tensor grad_weight = output_mask[1] ? at::empty({vocab, width}, f32) : at::Tensor();
+  bool weight_written = false;
   at::Tensor grad_bias = output_mask[2] && has_bias ? at::zeros({vocab}, f32) : at::Tensor();
   const int64_t* l = flat_labels.data_ptr<int64_t>();
   auto at_offset = [](const at::Tensor& t, int64_t begin) { return t.defined() ? t.data_ptr<float>() + begin : nullptr; };
   for (int64_t begin = 0; begin < n && (output_mask[0] || output_mask[1] || grad_bias.defined()); begin += chunk_size) {
     const int64_t rows = std::min(chunk_size, n - begin);
     const at::Tensor hc = chunk_rows(h, flat_labels, begin, rows, ignore_index);
-    if (!hc.defined()) continue;  // all ignored: zero gradient
+    if (!hc.defined()) {  // all ignored: zero gradient
+      if (output_mask[0]) grad_hidden.narrow(0, begin, rows).zero_();
+      continue;
+    }
     const at::Tensor z = chunk_logits(hc, weight, bias, head);
     at::Tensor grad_z = at::empty_like(z);
     dispatch_storage(z.scalar_type(), [&](auto tag) {
@@ -165,9 +171,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(
       at::addmm_out(rows_grad, rows_grad, grad_z, weight, 0.0, logit_scale);
     }
     const at::Tensor grad_z32 = grad_z.to(at::kFloat);
-    if (output_mask[1]) grad_weight.addmm_(grad_z32.t(), hc.to(at::kFloat), 1.0, logit_scale);
+    if (output_mask[1]) {
+      at::addmm_out(grad_weight, grad_weight, grad_z32.t(), hc.to(at::kFloat), weight_written ? 1.0 : 0.0, logit_scale);
+      weight_written = true;
+    }
     if (grad_bias.defined()) grad_bias.add_(grad_z32.sum(0));
   }
+  if (output_mask[1] && !weight_written) grad_weight.zero_();
   const at::ScalarType dtype = weight.scalar_type();
   const at::Tensor none = at::empty({0}, hidden.options());
   return {output_mask[0] ? grad_hidden.view(hidden.sizes()) : none, output_mask[1] ? grad_weight.to(dtype) : none,
