@@ -151,10 +151,17 @@ def _fused_head(model):
         scale /= getattr(config, "logits_scaling", None) or 1.0  # Granite divides them
         if scale != 1.0:
             options["logit_scale"] = float(scale)
+        model._fastrlhf_head = (head, options)
         if why:
-            print(f"fastrlhf: {type(model).__name__}: {why}; log-probs go through the full [batch, tokens, vocab] logits")
-        model._fastrlhf_head = None if why else (head, options)
+            _unfuse(model, why)
     return model._fastrlhf_head
+
+
+def _unfuse(model, why):
+    """The logits path for this model from now on, said once."""
+    model._fastrlhf_head = None
+    print(f"fastrlhf: {type(model).__name__}: {why}; its log-probs go through the full [batch, tokens, vocab] "
+          "logits")
 
 
 def last_hidden_states(model, input_ids, attention_mask):
@@ -184,8 +191,11 @@ def token_logprobs(model, input_ids, attention_mask, labels, first=0, temperatur
         predicting = logits(model, input_ids, attention_mask)[:, positions_]
         return ops.token_logprobs(predicting, labels, temperature=temperature, return_entropy=entropy)
     head, options = fused
-    hidden = last_hidden_states(model, input_ids, attention_mask)[:, positions_]
-    return ops.linear_logprobs(hidden, head.weight, labels, bias=head.bias, temperature=temperature,
+    hidden = last_hidden_states(model, input_ids, attention_mask)
+    if hidden.shape[:-1] != input_ids.shape:
+        _unfuse(_unwrapped(model), f"its output layer reads a {tuple(hidden.shape)} input, not [batch, tokens, H]")
+        return token_logprobs(model, input_ids, attention_mask, labels, first, temperature, entropy)
+    return ops.linear_logprobs(hidden[:, positions_], head.weight, labels, bias=head.bias, temperature=temperature,
                                return_entropy=entropy, **options)
 
 
