@@ -2,6 +2,10 @@
 
 #include <atomic>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 namespace fastrlhf {
 
 void check_float(const at::Tensor& t, const char* name) {
@@ -65,6 +69,17 @@ at::Tensor float_of_shape(const at::Tensor& t, const char* name, at::IntArrayRef
   TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), name, " must be a float tensor, got ", t.scalar_type());
   TORCH_CHECK_VALUE(t.sizes() == shape, name, " must have shape ", shape, ", got ", t.sizes());
   return t.to(at::kFloat).contiguous();
+}
+
+at::Tensor empty_large(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  at::Tensor t = at::empty(sizes, options);
+#if defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHugePage = uintptr_t(2) << 20;
+  const uintptr_t start = reinterpret_cast<uintptr_t>(t.data_ptr()), stop = start + t.nbytes();
+  const uintptr_t begin = (start + kHugePage - 1) & ~(kHugePage - 1), end = stop & ~(kHugePage - 1);
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);  // a hint: failure is fine
+#endif
+  return t;
 }
 
 int64_t time_length(const at::Tensor& t, const char* name) {

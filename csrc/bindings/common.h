@@ -38,6 +38,11 @@ at::Tensor kept_mask(const at::Tensor& mask, const at::Tensor& like, const char*
 // A float CPU tensor of `shape` (gradients and saved statistics), converted to contiguous float32.
 at::Tensor float_of_shape(const at::Tensor& t, const char* name, at::IntArrayRef shape);
 
+// at::empty for a large output written once in full (token_logprobs' gradient of the logits): on Linux
+// its fresh pages are asked for as transparent huge pages, so the first writes fault once per 2 MB
+// rather than once per 4 KB (page faults were half the time of a 262 MB gradient).
+at::Tensor empty_large(at::IntArrayRef sizes, const at::TensorOptions& options);
+
 // The size of the last (time) dim of a tensor with at least one dim.
 int64_t time_length(const at::Tensor& t, const char* name);
 
