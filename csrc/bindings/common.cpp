@@ -40,12 +40,26 @@ bool nonzero_bytes(const T* m, int64_t begin, int64_t end, uint8_t* out) {
 
 }  // namespace
 
-at::Tensor kept_mask(const at::Tensor& mask, const at::Tensor& like, const char* like_name) {
+namespace {
+
+void check_mask(const at::Tensor& mask, const at::Tensor& like, const char* like_name) {
   TORCH_CHECK_VALUE(mask.defined() && mask.device().is_cpu(), "mask must be a CPU tensor");
   TORCH_CHECK_VALUE(mask.sizes() == like.sizes(), "mask has shape ", mask.sizes(), " but ", like_name, " has shape ",
                     like.sizes());
   TORCH_CHECK_TYPE(!at::isComplexType(mask.scalar_type()), "mask must be bool or 0/1 numbers, got ",
                    mask.scalar_type());
+}
+
+}  // namespace
+
+void check_binary(bool binary, const at::Tensor& mask) {
+  if (binary) return;
+  const at::Tensor wrong = mask.masked_select((mask != 0) & (mask != 1));
+  TORCH_CHECK_VALUE(false, "mask must be bool or hold only 0 and 1, found ", wrong[0].item<double>());
+}
+
+at::Tensor kept_mask(const at::Tensor& mask, const at::Tensor& like, const char* like_name) {
+  check_mask(mask, like, like_name);
   if (mask.scalar_type() == at::kBool) return mask.contiguous();
   const at::Tensor numbers = mask.contiguous();
   auto kept = at::empty(mask.sizes(), mask.options().dtype(at::kBool));
@@ -57,11 +71,14 @@ at::Tensor kept_mask(const at::Tensor& mask, const at::Tensor& like, const char*
       if (!nonzero_bytes(m, begin, end, out)) binary = false;
     });
   });
-  if (!binary) {
-    const at::Tensor wrong = numbers.masked_select((numbers != 0) & (numbers != 1));
-    TORCH_CHECK_VALUE(false, "mask must be bool or hold only 0 and 1, found ", wrong[0].item<double>());
-  }
+  check_binary(binary, numbers);
   return kept;
+}
+
+at::Tensor readable_mask(const at::Tensor& mask, const at::Tensor& like, const char* like_name) {
+  check_mask(mask, like, like_name);
+  const bool as_is = mask.scalar_type() == at::kBool || mask.scalar_type() == at::kFloat;
+  return as_is ? mask.contiguous() : kept_mask(mask, like, like_name);
 }
 
 at::Tensor float_of_shape(const at::Tensor& t, const char* name, at::IntArrayRef shape) {

@@ -35,6 +35,19 @@ void check_like(const at::Tensor& t, const char* name, const at::Tensor& like, c
 // in one pass that also checks it holds only 0 and 1 (a 0.5 would be read as "kept", not as a weight).
 at::Tensor kept_mask(const at::Tensor& mask, const at::Tensor& like, const char* like_name);
 
+// The mask, shaped like `like`, for kernels that read bool and float32 masks as they are (contiguous) and
+// check the values themselves (check_binary): no conversion pass. Other dtypes go through kept_mask.
+at::Tensor readable_mask(const at::Tensor& mask, const at::Tensor& like, const char* like_name);
+
+// Calls f(p) with p the data of a readable_mask: const uint8_t* (bool) or const float*.
+template <typename F>
+auto dispatch_mask(const at::Tensor& mask, F&& f) {
+  return mask.scalar_type() == at::kFloat ? f(data<float>(mask)) : f(data<uint8_t>(mask));
+}
+
+// The error for a mask holding values other than 0 and 1, unless `binary` (what the kernel found).
+void check_binary(bool binary, const at::Tensor& mask);
+
 // A float CPU tensor of `shape` (gradients and saved statistics), converted to contiguous float32.
 at::Tensor float_of_shape(const at::Tensor& t, const char* name, at::IntArrayRef shape);
 

@@ -39,6 +39,13 @@ inline double masked(bool keep, double x) {
   return x;
 }
 
+// A mask element, read as it is stored: bool (as bytes) or float32. Kept where nonzero; not_binary
+// flags a float other than 0 and 1, which the op rejects rather than reading it as a weight.
+inline bool is_kept(uint8_t m) { return m != 0; }
+inline bool is_kept(float m) { return m != 0.0f; }
+inline bool not_binary(uint8_t) { return false; }
+inline bool not_binary(float m) { return (m != 0.0f) & (m != 1.0f); }
+
 template <typename T> T from_float(float x);
 template <> inline float from_float<float>(float x) { return x; }
 template <> inline bf16 from_float<bf16>(float x) {  // round to nearest even
