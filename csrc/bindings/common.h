@@ -35,8 +35,26 @@ void check_like(const at::Tensor& t, const char* name, const at::Tensor& like, c
 // in one pass that also checks it holds only 0 and 1 (a 0.5 would be read as "kept", not as a weight).
 at::Tensor kept_mask(const at::Tensor& mask, const at::Tensor& like, const char* like_name);
 
+// The mask, shaped like `like`, for kernels that read bool and float32 masks as they are (contiguous) and
+// check the values themselves (check_binary): no conversion pass. Other dtypes go through kept_mask.
+at::Tensor readable_mask(const at::Tensor& mask, const at::Tensor& like, const char* like_name);
+
+// Calls f(p) with p the data of a readable_mask: const uint8_t* (bool) or const float*.
+template <typename F>
+auto dispatch_mask(const at::Tensor& mask, F&& f) {
+  return mask.scalar_type() == at::kFloat ? f(data<float>(mask)) : f(data<uint8_t>(mask));
+}
+
+// The error for a mask holding values other than 0 and 1, unless `binary` (what the kernel found).
+void check_binary(bool binary, const at::Tensor& mask);
+
 // A float CPU tensor of `shape` (gradients and saved statistics), converted to contiguous float32.
 at::Tensor float_of_shape(const at::Tensor& t, const char* name, at::IntArrayRef shape);
+
+// at::empty for a large output written once in full (token_logprobs' gradient of the logits): on Linux
+// its fresh pages are asked for as transparent huge pages, so the first writes fault once per 2 MB
+// rather than once per 4 KB (page faults were half the time of a 262 MB gradient).
+at::Tensor empty_large(at::IntArrayRef sizes, const at::TensorOptions& options);
 
 // The size of the last (time) dim of a tensor with at least one dim.
 int64_t time_length(const at::Tensor& t, const char* name);

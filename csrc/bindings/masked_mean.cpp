@@ -1,5 +1,7 @@
-// fastrlhf::masked_mean and its backward: the CPU kernels (cpu/masked_mean.h, and masked_moments of
-// cpu/masked_reduction.h for the whole tensor) and the autograd that serves every device.
+// fastrlhf::masked_mean and its backward: the CPU kernels (cpu/masked_mean.h) and the autograd that
+// serves every device.
+#include <atomic>
+
 #include "bindings/masked_reduction.h"
 #include "cpu/masked_mean.h"
 
@@ -26,22 +28,39 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& x, const at::Te
                                                std::optional<int64_t> dim) {
   check_float(x, "x");
   const Lines lines = lines_of(x.sizes(), dim);
-  const at::Tensor values = x.contiguous(), kept = kept_mask(mask, x, "x");
+  const at::Tensor values = x.contiguous(), kept = readable_mask(mask, x, "x");
   const auto options = x.options().dtype(at::kFloat).memory_format(at::MemoryFormat::Contiguous);
   auto mean = at::empty(lines.mean_shape, options), inv_count = at::empty(lines.mean_shape, options);
-  if (lines.outer * lines.inner == 1) {  // everything: the moments, in parallel over chunks
-    const Moments moments = moments_of(values, kept);
-    *mean.data_ptr<float>() = float(moments.mean);
-    *inv_count.data_ptr<float>() = float(1.0 / std::max(moments.count, 1.0));
-    return {mean, inv_count};
-  }
+  std::atomic<bool> binary{true};
   dispatch_storage(x.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
-    parallel_rows(lines.outer, kGrainTokens / (lines.reduced * lines.inner), [&](int64_t begin, int64_t end) {
-      masked_mean_lines<T>(data<T>(values), data<uint8_t>(kept), lines.reduced, lines.inner, begin, end,
-                           mean.data_ptr<float>(), inv_count.data_ptr<float>());
+    dispatch_mask(kept, [&](const auto* m) {
+      if (lines.outer * lines.inner == 1) {  // everything: chunks in parallel, their sums added in order
+        const int64_t n = lines.reduced, chunks = (n + kGrainTokens - 1) / kGrainTokens;
+        std::vector<MaskedSum> partials(chunks);
+        parallel_rows(chunks, 1, [&](int64_t begin, int64_t end) {
+          for (int64_t c = begin; c < end; ++c) {
+            partials[c] = masked_sum(data<T>(values), m, c * kGrainTokens, std::min(n, (c + 1) * kGrainTokens));
+          }
+        });
+        MaskedSum total;
+        for (const MaskedSum& part : partials) {
+          total.count += part.count, total.sum += part.sum, total.binary &= part.binary;
+        }
+        *mean.data_ptr<float>() = float(total.sum / std::max(total.count, 1.0));
+        *inv_count.data_ptr<float>() = float(1.0 / std::max(total.count, 1.0));
+        binary = total.binary;
+        return;
+      }
+      parallel_rows(lines.outer, kGrainTokens / (lines.reduced * lines.inner), [&](int64_t begin, int64_t end) {
+        if (!masked_mean_lines(data<T>(values), m, lines.reduced, lines.inner, begin, end, mean.data_ptr<float>(),
+                               inv_count.data_ptr<float>())) {
+          binary = false;
+        }
+      });
     });
   });
+  check_binary(binary, kept);
   return {mean, inv_count};
 }
 
@@ -50,15 +69,22 @@ at::Tensor backward_cpu(const at::Tensor& grad, const at::Tensor& inv_count, con
   TORCH_CHECK_VALUE(mask.numel() > 0, "mask is empty");
   const Lines lines = lines_of(mask.sizes(), dim);
   const at::Tensor g = float_of_shape(grad, "grad", lines.mean_shape);
-  const at::Tensor inv = float_of_shape(inv_count, "inv_count", lines.mean_shape), kept = kept_mask(mask, mask, "mask");
+  const at::Tensor inv = float_of_shape(inv_count, "inv_count", lines.mean_shape);
+  const at::Tensor kept = readable_mask(mask, mask, "mask");
   auto grad_x = at::empty(mask.sizes(), mask.options().dtype(dtype).memory_format(at::MemoryFormat::Contiguous));
+  std::atomic<bool> binary{true};
   dispatch_storage(dtype, [&](auto tag) {
     using T = decltype(tag);
-    parallel_rows(lines.outer * lines.reduced, kGrainTokens / lines.inner, [&](int64_t begin, int64_t end) {
-      masked_mean_backward<T>(g.data_ptr<float>(), inv.data_ptr<float>(), data<uint8_t>(kept), lines.reduced,
-                              lines.inner, begin, end, mutable_data<T>(grad_x));
+    dispatch_mask(kept, [&](const auto* m) {
+      parallel_rows(lines.outer * lines.reduced, kGrainTokens / lines.inner, [&](int64_t begin, int64_t end) {
+        if (!masked_mean_backward(g.data_ptr<float>(), inv.data_ptr<float>(), m, lines.reduced, lines.inner, begin,
+                                  end, mutable_data<T>(grad_x))) {
+          binary = false;
+        }
+      });
     });
   });
+  check_binary(binary, kept);
   return grad_x;
 }
 

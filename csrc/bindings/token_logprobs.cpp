@@ -92,7 +92,7 @@ at::Tensor backward_cpu(const at::Tensor& logits, const at::Tensor& labels, cons
   const at::Tensor g_logprobs = optional_float(grad_logprobs, "grad_logprobs");
   const at::Tensor g_entropy = optional_float(grad_entropy, "grad_entropy");
   const at::Tensor h = g_entropy.defined() ? float_of_shape(entropy, "entropy", labels.sizes()) : at::Tensor();
-  auto grad_logits = at::empty(logits.sizes(), logits.options().memory_format(at::MemoryFormat::Contiguous));
+  auto grad_logits = empty_large(logits.sizes(), logits.options().memory_format(at::MemoryFormat::Contiguous));
   dispatch_storage(logits.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     const Rows<T> view{data<T>(rows), rows.size(1), rows.stride(0), rows.stride(1)};

@@ -39,6 +39,13 @@ inline double masked(bool keep, double x) {
   return x;
 }
 
+// A mask element, read as it is stored: bool (as bytes) or float32. Kept where nonzero; not_binary
+// flags a float other than 0 and 1, which the op rejects rather than reading it as a weight.
+inline bool is_kept(uint8_t m) { return m != 0; }
+inline bool is_kept(float m) { return m != 0.0f; }
+inline bool not_binary(uint8_t) { return false; }
+inline bool not_binary(float m) { return (m != 0.0f) & (m != 1.0f); }
+
 template <typename T> T from_float(float x);
 template <> inline float from_float<float>(float x) { return x; }
 template <> inline bf16 from_float<bf16>(float x) {  // round to nearest even
@@ -72,13 +79,13 @@ constexpr float kInf = std::numeric_limits<float>::infinity();
 
 // exp(x) in a form compilers vectorise (no libm call): x = n*ln2 + r with |r| <= ln2/2, a degree-6
 // polynomial for exp(r), and 2^n put into the exponent bits. Relative error below 2e-7.
-// exp(-inf) = 0, exp(nan) = nan, overflow gives inf.
-inline float exp_fast(float x) {
-  const float hi = 88.0f, lo = -87.3365447505531f;  // 2^n stays a normal float
-  float xc = x > hi ? hi : (x < lo ? lo : x);
+constexpr float kExpHi = 88.0f, kExpLo = -87.3365447505531f;  // 2^n stays a normal float
+
+// exp(x) for x in [kExpLo, kExpHi] (or nan, giving nan).
+inline float exp_in_range(float x) {
   const float round_magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-  float n = (xc * 1.44269504088896341f + round_magic) - round_magic;
-  float r = xc - n * 0.693359375f;
+  float n = (x * 1.44269504088896341f + round_magic) - round_magic;
+  float r = x - n * 0.693359375f;
   r = r - n * -2.12194440e-4f;
   float p = 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
@@ -87,8 +94,21 @@ inline float exp_fast(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  float result = p * bits_to_float(uint32_t(int32_t(n) + 127) << 23);
-  return x < lo ? 0.0f : (x > hi ? kInf : result);
+  return p * bits_to_float(uint32_t(int32_t(n) + 127) << 23);
+}
+
+// exp(-inf) = 0, exp(nan) = nan, overflow gives inf.
+inline float exp_fast(float x) {
+  const float xc = x > kExpHi ? kExpHi : (x < kExpLo ? kExpLo : x);
+  const float result = exp_in_range(xc);
+  return x < kExpLo ? 0.0f : (x > kExpHi ? kInf : result);
+}
+
+// exp_fast for x <= 0 or nan (logits shifted by their max): no overflow side to clamp, fewer
+// instructions in the softmax's hottest loop.
+inline float exp_nonpositive(float x) {
+  const float result = exp_in_range(x < kExpLo ? kExpLo : x);
+  return x < kExpLo ? 0.0f : result;
 }
 
 // A view of rows in a [B, T, V] tensor with contiguous rows: row r starts at (r / T, r % T).

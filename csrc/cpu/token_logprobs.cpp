@@ -22,8 +22,8 @@ FASTRLHF_MULTIVERSION void shifted_exp_sums(const T* z, int64_t vocab, float inv
     float block_ties = 0.0f, block_rest = 0.0f, block_ed = 0.0f;
 #pragma omp simd reduction(+ : block_ties, block_rest, block_ed)
     for (int64_t j = begin; j < end; ++j) {
-      const float d = (to_float(z[j]) - m) * inv_temperature;
-      const float e = exp_fast(d);
+      const float d = (to_float(z[j]) - m) * inv_temperature;  // <= 0: m is the row's max
+      const float e = exp_nonpositive(d);
       block_ties += masked(d == 0.0f, 1.0f);
       block_rest += masked(d != 0.0f, e);
       if (kEntropy) block_ed += e > 0.0f ? e * d : 0.0f;  // a logit of -inf adds 0, not nan

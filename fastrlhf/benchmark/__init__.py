@@ -182,7 +182,11 @@ def main(argv=None):
                         "rollout: the sampler against model.generate (benchmark/rollout.py)")
     parser.add_argument("--out", default=os.path.join("bench", "results"),
                         help="folder for the JSON results and the PNG plot")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's own choice, one per core)")
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     wanted = set(filter(None, args.ops.split(",")))
     if "rollout" in wanted:
